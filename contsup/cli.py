@@ -1,0 +1,205 @@
+"""The ``contsup`` command line: ``split`` and ``models``.
+
+User errors (unknown model, bad K, an input size the model rejects, a model fx
+cannot trace) print one sentence and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Greedy local learning with context supply for any timm model.",
+)
+# Piped output (files, CI logs, README snippets) gets room for full node names.
+stdout = Console(width=None if sys.stdout.isatty() else 120)
+stderr = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; reported in one sentence, exit code 2."""
+
+
+@contextmanager
+def user_errors():
+    import partitioner
+
+    try:
+        yield
+    except (UserError, partitioner.PartitionError) as error:
+        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a crash leaves either the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_model(name: str):
+    """A timm model by name, built on the meta device when it allows (no memory, no init)."""
+    import timm
+    import torch
+
+    import contsup  # noqa: F401  (registers the CIFAR ResNets)
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `contsup models` lists them"
+        raise UserError(f"unknown model '{name}'{hint}")
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name)
+    except Exception:  # some models compute Python numbers from tensors while building
+        return timm.create_model(name)
+
+
+@app.command()
+def split(
+    model: Annotated[
+        str, typer.Argument(help="timm model name, e.g. resnet110 or vit_tiny_patch16_224")
+    ],
+    k: Annotated[int, typer.Option("--k", help="number of segments")] = 4,
+    objective: Annotated[str, typer.Option(help="flops | memory | params | time")] = "flops",
+    input_size: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(help="C H W of one input (default: the model's own)"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size for FLOPs and activation bytes")] = 1,
+    max_boundary_tensors: Annotated[
+        int, typer.Option(help="allow cuts where this many tensors cross")
+    ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    save: Annotated[Path | None, typer.Option(help="write the plan as JSON here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="save a cost-along-depth plot (PNG)")] = None,
+) -> None:
+    """Show where MODEL will be cut into K balanced segments."""
+    with user_errors():
+        import torch
+
+        import partitioner
+
+        if k < 1:
+            raise UserError(f"--k must be at least 1, got {k}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+        partitioner.check_objective(objective)
+        net = create_model(model)
+        if objective == "time" and next(net.parameters()).device.type == "meta":
+            net = net.to_empty(device="cpu")
+        size = tuple(input_size or net.pretrained_cfg["input_size"])
+        device = next(net.parameters(), torch.empty(0)).device
+        x = torch.zeros((batch_size, *size), device=device)
+        analysis = partitioner.analyze(
+            net, x, measure_time=objective == "time", max_boundary_tensors=max_boundary_tensors
+        )
+        part = analysis.partition(k, objective)
+        if save:
+            write_atomic(save, part.to_json(model=model))
+        if plot:
+            from partitioner.plot import plot_costs
+
+            plot_costs(analysis, part, plot, title=f"{model}: K={k} by {objective}")
+        summary = split_summary(model, part)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print_split_table(summary, part, batch_size)
+
+
+def split_summary(model: str, part) -> dict:
+    """The ``split --json`` object."""
+    return {
+        "model": model,
+        "k": part.k,
+        "objective": part.objective,
+        "imbalance": part.imbalance,
+        "segments": [
+            {
+                "index": i,
+                "first_node": s.first_node,
+                "last_node": s.last_node,
+                "params": s.params,
+                "flops": s.flops,
+                "activation_bytes": s.activation_bytes,
+                "output_shape": list(s.output_shape) if s.output_shape else None,
+            }
+            for i, s in enumerate(part.stats)
+        ],
+    }
+
+
+def print_split_table(summary: dict, part, batch_size: int) -> None:
+    table = Table(
+        title=f"{summary['model']} in {summary['k']} segments, balanced by {summary['objective']}"
+    )
+    for column in ("#", "first node", "last node", "params", "GFLOPs", "act. MiB", "output"):
+        table.add_column(
+            column, justify="left" if "node" in column or column == "output" else "right"
+        )
+    layouts = [b.tensors[0].layout for b in part.boundaries] + [""]
+    for row, layout in zip(summary["segments"], layouts):
+        shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
+        table.add_row(
+            str(row["index"]),
+            row["first_node"],
+            row["last_node"],
+            f"{row['params']:,}",
+            f"{row['flops'] / 1e9:.3f}",
+            f"{row['activation_bytes'] / 2**20:.2f}",
+            f"{shape} {layout}".strip(),
+        )
+    stdout.print(table)
+    stdout.print(
+        f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
+        f"batch size {batch_size}; forward FLOPs (training ~3x); "
+        "activation = bytes saved for backward"
+    )
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="wildcard filter, e.g. 'resnet*'")] = "*",
+) -> None:
+    """List the model names `contsup split` accepts."""
+    import timm
+
+    import contsup  # noqa: F401
+
+    names = timm.list_models(pattern)
+    with user_errors():
+        if not names:
+            raise UserError(f"no model matches '{pattern}'")
+    for name in names:
+        print(name)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

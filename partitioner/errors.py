@@ -1,0 +1,15 @@
+"""Errors the partitioner raises for problems a user can fix."""
+
+__all__ = ["PartitionError", "UntraceableModelError", "InputSizeError"]
+
+
+class PartitionError(ValueError):
+    """A partition request that cannot be satisfied (bad K, tied weights, stale plan)."""
+
+
+class UntraceableModelError(PartitionError):
+    """torch.fx could not trace the model; the message names the module that failed."""
+
+
+class InputSizeError(PartitionError):
+    """The model rejected the example input's size."""

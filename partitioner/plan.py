@@ -1,0 +1,428 @@
+"""``analyze`` and ``partition``: choose cuts, split, and describe the result.
+
+A Partition is both the runnable result (an ``nn.Module`` whose segments chained
+reproduce the model) and a plan: ``to_json()`` records where it cut and what each
+segment costs, and ``Partition.from_json`` re-applies those cuts to a fresh
+instance of the same model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from partitioner.balance import min_max_partition
+from partitioner.boundary import Boundary, TensorSpec, infer_layout
+from partitioner.cost import NodeCost, measure_node_times, profile
+from partitioner.cuts import Cut, cut_candidates, node_key
+from partitioner.errors import PartitionError
+from partitioner.split import Segment, segment_graphs
+from partitioner.trace import trace
+
+__all__ = [
+    "OBJECTIVES",
+    "check_objective",
+    "SegmentStats",
+    "Analysis",
+    "Partition",
+    "analyze",
+    "partition",
+]
+
+OBJECTIVES = ("flops", "memory", "params", "time")
+PLAN_VERSION = 1
+
+
+def check_objective(objective: str) -> None:
+    """Raise ``PartitionError`` unless ``objective`` is one of ``OBJECTIVES``."""
+    if objective not in OBJECTIVES:
+        raise PartitionError(
+            f"unknown objective '{objective}'; choose one of {', '.join(OBJECTIVES)}"
+        )
+
+
+def objective_cost(cost: NodeCost | SegmentStats, objective: str) -> float:
+    """The number ``objective`` balances, read off a node's or a segment's costs."""
+    check_objective(objective)
+    if isinstance(cost, NodeCost):
+        return {
+            "flops": cost.flops,
+            "memory": cost.saved_bytes,
+            "params": cost.param_bytes,
+            "time": cost.time_s,
+        }[objective]
+    return {
+        "flops": cost.flops,
+        "memory": cost.activation_bytes,
+        "params": cost.param_bytes,
+        "time": cost.time_s,
+    }[objective]
+
+
+def imbalance(costs: Sequence[float]) -> float:
+    """Largest over mean segment cost: 1.0 is perfect balance."""
+    mean = sum(costs) / len(costs)
+    return max(costs) / mean if mean > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """One segment: its first and last op, output shape, and what it costs.
+
+    ``flops`` are forward FLOPs (a training step costs about
+    ``TRAINING_FLOPS_MULTIPLIER`` times more) and ``activation_bytes`` the bytes
+    autograd saves for backward, both at the example input's batch size.
+    """
+
+    first_node: str
+    last_node: str
+    output_shape: tuple[int, ...] | None
+    flops: int
+    activation_bytes: int
+    params: int
+    param_bytes: int
+    time_s: float
+
+
+@dataclass
+class Analysis:
+    """Everything known about a model before choosing cuts.
+
+    ``nodes`` and ``costs`` follow the training graph's node order; ``cuts`` are
+    the candidates valid in both the training and the evaluation graph, each
+    paired with its twin in the evaluation graph.
+    """
+
+    model: nn.Module
+    example_input: torch.Tensor
+    train: fx.GraphModule
+    eval: fx.GraphModule
+    train_values: dict[str, Any]
+    eval_values: dict[str, Any]
+    costs: dict[str, NodeCost]
+    cuts: list[tuple[Cut, Cut]]
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.train.graph.nodes)
+
+    @property
+    def max_k(self) -> int:
+        return len(self.cuts) + 1
+
+    def node_costs(self, objective: str) -> list[float]:
+        """Objective cost of every node of the training graph, in order."""
+        return [objective_cost(self.costs[n.name], objective) for n in self.nodes]
+
+    def chunk_costs(self, objective: str) -> list[float]:
+        """Objective cost of each stretch between consecutive cut candidates."""
+        per_node = self.node_costs(objective)
+        bounds = [-1, *(c.position for c, _ in self.cuts), len(per_node) - 1]
+        return [sum(per_node[a + 1 : b + 1]) for a, b in zip(bounds, bounds[1:])]
+
+    def check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
+            raise PartitionError(
+                f"k must be between 1 and {self.max_k} for {type(self.model).__name__} "
+                f"(it has {len(self.cuts)} cut points), got {k}"
+            )
+
+    def partition(self, k: int, objective: str = "flops") -> Partition:
+        """Balance ``k`` segments under ``objective`` and split the model there.
+
+        Example::
+
+            analysis = analyze(model, torch.randn(1, 3, 32, 32))
+            parts = {k: analysis.partition(k) for k in (2, 4, 8)}
+        """
+        self.check_k(k)
+        splits = min_max_partition(self.chunk_costs(objective), k)
+        return self.split([s - 1 for s in splits], objective)
+
+    def split(self, chosen: Sequence[int], objective: str) -> Partition:
+        """Split at the candidates numbered ``chosen`` (indices into ``cuts``)."""
+        cuts = [self.cuts[i] for i in chosen]
+        train_graphs = segment_graphs(
+            self.train, self.train_values, [(c.position, c.boundary) for c, _ in cuts]
+        )
+        eval_graphs = segment_graphs(
+            self.eval, self.eval_values, [(e.position, e.boundary) for _, e in cuts]
+        )
+        segments = [Segment(self.model, t, e) for t, e in zip(train_graphs, eval_graphs)]
+        _assign_ownership(self.model, segments)
+        default_4d = getattr(self.model, "output_fmt", "NCHW")
+        default_4d = default_4d if default_4d in ("NCHW", "NHWC") else "NCHW"
+        by_name = {n.name: n for n in self.nodes}
+        boundaries = [
+            Boundary(tuple(self._spec(by_name[name], default_4d) for name in cut.boundary))
+            for cut, _ in cuts
+        ]
+        stats = self._stats([c.position for c, _ in cuts], segments)
+        x = self.example_input
+        return Partition(segments, boundaries, stats, objective, tuple(x.shape), str(x.dtype))
+
+    def _spec(self, node: fx.Node, default_4d: str) -> TensorSpec:
+        value = self.train_values[node.name]
+        layout = infer_layout(self.train, node, value, default_4d)
+        return TensorSpec(node.name, tuple(value.shape), str(value.dtype), layout)
+
+    def _stats(self, positions: list[int], segments: Sequence[Segment]) -> list[SegmentStats]:
+        nodes = self.nodes
+        bounds = [-1, *positions, len(nodes) - 1]
+        output_value = fx.map_arg(nodes[-1].args[0], lambda n: self.train_values[n.name])
+        ends = [self.train_values[nodes[p].name] for p in positions] + [output_value]
+        result = []
+        for (a, b), segment, end in zip(zip(bounds, bounds[1:]), segments, ends):
+            ops = [n for n in nodes[a + 1 : b + 1] if n.op.startswith("call_")]
+            costs = [self.costs[n.name] for n in nodes[a + 1 : b + 1]]
+            result.append(
+                SegmentStats(
+                    first_node=ops[0].name if ops else "",
+                    last_node=ops[-1].name if ops else "",
+                    output_shape=tuple(end.shape) if isinstance(end, torch.Tensor) else None,
+                    flops=sum(c.flops for c in costs),
+                    activation_bytes=sum(c.saved_bytes for c in costs),
+                    params=sum(p.numel() for p in segment.parameters()),
+                    param_bytes=sum(c.param_bytes for c in costs),
+                    time_s=sum(c.time_s for c in costs),
+                )
+            )
+        return result
+
+
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    measure_time: bool = False,
+    max_boundary_tensors: int = 1,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+) -> Analysis:
+    """Trace, profile and find every valid cut of ``model``, without splitting it.
+
+    Example::
+
+        analysis = analyze(model, torch.randn(1, 3, 32, 32))
+        analysis.max_k, analysis.chunk_costs("flops")[:3]
+        part = analysis.partition(k=4)
+
+    ``measure_time`` also times each node on ``example_input``'s device, which the
+    ``time`` objective needs.
+    """
+    leaf_modules = tuple(leaf_modules)
+    train_gm = trace(model, training=True, leaf_modules=leaf_modules)
+    eval_gm = trace(model, training=False, leaf_modules=leaf_modules)
+    train_profile = profile(train_gm, example_input)
+    eval_profile = profile(eval_gm, example_input, costs=False)  # costs come from training
+    if measure_time:
+        if example_input.device.type == "meta":
+            raise PartitionError("the time objective needs a model and input on a real device")
+        for name, seconds in measure_node_times(train_gm, example_input).items():
+            train_profile.costs[name].time_s = seconds
+    found = {}
+    for mode, gm, values in (
+        ("train", train_gm, train_profile.values),
+        ("eval", eval_gm, eval_profile.values),
+    ):
+        keys = node_key(gm)
+        cuts = cut_candidates(gm, values, max_boundary_tensors=max_boundary_tensors)
+        found[mode] = {tuple(keys[b] for b in c.boundary): c for c in cuts}
+    paired: list[tuple[Cut, Cut]] = []
+    for key, cut in found["train"].items():
+        twin = found["eval"].get(key)
+        # Keep only cuts at the same place in both graphs, in the same order.
+        if twin is not None and (not paired or twin.position > paired[-1][1].position):
+            paired.append((cut, twin))
+    return Analysis(
+        model,
+        example_input,
+        train_gm,
+        eval_gm,
+        train_profile.values,
+        eval_profile.values,
+        train_profile.costs,
+        paired,
+    )
+
+
+class Partition(nn.Module):
+    """K segments that, chained, compute exactly what the model computes.
+
+    Example::
+
+        part = partitioner.partition(model, torch.randn(1, 3, 32, 32), k=4)
+        torch.equal(part(x), model(x))      # True in eval mode
+        part.segments[1], part.boundaries[0].shape, part.imbalance
+
+    Attributes:
+        segments: ``nn.ModuleList`` of ``Segment``; segment i consumes segment i-1's output.
+        boundaries: K-1 ``Boundary`` specs (node name, shape, dtype, layout).
+        stats: K ``SegmentStats`` (first/last node, output shape, FLOPs, bytes, params).
+        objective: what was balanced; ``imbalance``: max / mean segment cost under it.
+    """
+
+    def __init__(
+        self,
+        segments: Sequence[Segment],
+        boundaries: Sequence[Boundary],
+        stats: Sequence[SegmentStats],
+        objective: str,
+        input_shape: tuple[int, ...],
+        input_dtype: str,
+    ):
+        super().__init__()
+        self.segments = nn.ModuleList(segments)
+        self.boundaries = list(boundaries)
+        self.stats = list(stats)
+        self.objective = objective
+        self.input_shape = input_shape
+        self.input_dtype = input_dtype
+
+    @property
+    def k(self) -> int:
+        return len(self.segments)
+
+    @property
+    def imbalance(self) -> float:
+        return imbalance([objective_cost(s, self.objective) for s in self.stats])
+
+    def forward(self, x: torch.Tensor) -> Any:
+        x = self.segments[0](x)
+        for segment in self.segments[1:]:
+            # A multi-tensor boundary arrives as a tuple; a single tensor never does.
+            x = segment(*x) if isinstance(x, tuple) else segment(x)
+        return x
+
+    def to_json(self, **metadata: Any) -> str:
+        """The plan as JSON: cut nodes, boundary specs and segment stats (plus ``metadata``)."""
+        return json.dumps(
+            {
+                **metadata,
+                "version": PLAN_VERSION,
+                "objective": self.objective,
+                "k": self.k,
+                "imbalance": self.imbalance,
+                "input_shape": list(self.input_shape),
+                "input_dtype": self.input_dtype,
+                "cuts": [[t.node for t in b.tensors] for b in self.boundaries],
+                "boundaries": [[asdict(t) for t in b.tensors] for b in self.boundaries],
+                "segments": [asdict(s) for s in self.stats],
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(
+        cls, text: str, model: nn.Module, example_input: torch.Tensor | None = None, **kwargs: Any
+    ) -> Partition:
+        """Re-apply a saved plan to a fresh instance of the model it was made for.
+
+        Example::
+
+            model = timm.create_model("resnet110")
+            part = Partition.from_json(Path("plan.json").read_text(), model)
+
+        ``example_input`` defaults to a tensor of the plan's input shape; ``kwargs``
+        go to ``analyze``. A plan that does not fit the model raises ``PartitionError``.
+        """
+        try:
+            plan = json.loads(text)
+            cut_names = [tuple(c) for c in plan["cuts"]]
+            objective = plan["objective"]
+            dtype = getattr(torch, plan["input_dtype"].removeprefix("torch."))
+            shape = plan["input_shape"]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise PartitionError(
+                f"not a partition plan ({type(error).__name__}: {error})"
+            ) from error
+        if example_input is None:
+            example_input = torch.empty(shape, dtype=dtype, device="meta")
+        analysis = analyze(model, example_input, measure_time=objective == "time", **kwargs)
+        index = {train.boundary: i for i, (train, _) in enumerate(analysis.cuts)}
+        for names in cut_names:
+            if names not in index:
+                raise PartitionError(
+                    f"the plan does not fit this model: it cuts at '{', '.join(names)}', "
+                    "which is not a cut point here"
+                )
+        return analysis.split([index[names] for names in cut_names], objective)
+
+
+def partition(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    k: int,
+    objective: str = "flops",
+    *,
+    max_boundary_tensors: int = 1,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+) -> Partition:
+    """Cut ``model`` into ``k`` segments balanced under ``objective``.
+
+    Example::
+
+        part = partitioner.partition(model, torch.randn(1, 3, 32, 32), k=16)
+        y = part(x)                  # == model(x), bitwise in eval mode on CPU
+        part.segments[3].train()     # each segment is an ordinary nn.Module
+
+    Args:
+        model: any fx-traceable module (timm and torchvision models are).
+        example_input: a tensor of the input's shape and dtype; only its shape,
+            dtype and (for ``time``) device are used. Costs scale with its batch size.
+        k: number of segments, 1 <= k <= the number of cut candidates + 1.
+        objective: ``flops`` (forward FLOPs), ``memory`` (bytes saved for
+            backward), ``params`` (parameter bytes) or ``time`` (measured).
+        max_boundary_tensors: allow cuts where up to this many tensors cross.
+        leaf_modules: extra module classes fx should not trace into.
+
+    The segments share the model's parameters. The model's mode at call time does
+    not matter: segments follow their own ``.train()``/``.eval()``.
+    """
+    check_objective(objective)
+    analysis = analyze(
+        model,
+        example_input,
+        measure_time=objective == "time",
+        max_boundary_tensors=max_boundary_tensors,
+        leaf_modules=leaf_modules,
+    )
+    return analysis.partition(k, objective)
+
+
+def _assign_ownership(model: nn.Module, segments: Sequence[Segment]) -> None:
+    """Every parameter and buffer in exactly one segment; unused ones join a relative."""
+    owner: dict[int, int] = {}
+    for i, segment in enumerate(segments):
+        for name, t in [*segment.named_parameters(), *segment.named_buffers()]:
+            if owner.setdefault(id(t), i) != i:
+                raise PartitionError(
+                    f"'{name}' is used by segments {owner[id(t)]} and {i}; tied weights "
+                    "cannot be split across segments (untie them or use a smaller k)"
+                )
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        if id(t) not in owner:
+            owner[id(t)] = _nearest_relative(name, segments)
+            segments[owner[id(t)]]._adopt(model, name)
+
+
+def _nearest_relative(path: str, segments: Sequence[Segment]) -> int:
+    """The segment holding the closest relative of ``path`` (the last one if none does)."""
+    names = [[n for n, _ in (*s.named_parameters(), *s.named_buffers())] for s in segments]
+    parts = path.split(".")[:-1]
+    while parts:
+        prefix = ".".join(parts) + "."
+        for i, segment_names in enumerate(names):
+            if any(n.startswith(prefix) for n in segment_names):
+                return i
+        parts.pop()
+    return len(segments) - 1

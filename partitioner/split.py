@@ -1,0 +1,163 @@
+"""Turn a traced graph and a list of cut positions into K runnable segments.
+
+Each segment is an ordinary ``nn.Module`` that owns exactly the submodules,
+parameters and buffers its nodes use, under the same dotted names as in the
+original model (so ``segment.state_dict()`` keys match the model's). It keeps one
+compiled forward for training and one for evaluation, because fx bakes
+``self.training`` branches into a graph, and picks by its own ``training`` flag.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import linecache
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from partitioner.cuts import is_carried
+
+__all__ = ["Segment", "segment_graphs"]
+
+
+def segment_graphs(
+    gm: fx.GraphModule, values: dict[str, Any], cuts: Sequence[tuple[int, tuple[str, ...]]]
+) -> list[fx.Graph]:
+    """Cut ``gm`` after each ``(position, boundary names)`` into len(cuts) + 1 graphs.
+
+    Example::
+
+        graphs = segment_graphs(gm, prof.values, [(c.position, c.boundary) for c in cuts])
+
+    Segment ``i`` takes the boundary tensors of cut ``i - 1`` as inputs (the model
+    input for the first) and returns those of cut ``i`` (the model output for the
+    last). Carried values (shape integers, flags, parameters) are re-created in
+    every segment that needs them.
+    """
+    nodes = list(gm.graph.nodes)
+    by_name = {n.name: n for n in nodes}
+    first_input = next(n for n in nodes if n.op == "placeholder")
+    edges = [(-1, (first_input,)), *((p, tuple(by_name[b] for b in names)) for p, names in cuts)]
+    graphs = []
+    for (start, inputs), (stop, outputs) in itertools.pairwise([*edges, (len(nodes) - 1, None)]):
+        graphs.append(_one_segment(gm, values, nodes, start, stop, inputs, outputs))
+    return graphs
+
+
+def _one_segment(gm, values, nodes, start, stop, inputs, outputs) -> fx.Graph:
+    graph = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    for node in inputs:
+        env[node] = graph.placeholder(node.name)
+        env[node].meta = dict(node.meta)
+    in_range = set(nodes[start + 1 : stop + 1])
+
+    def materialize(node: fx.Node) -> Any:
+        if node in env:
+            return env[node]
+        if node.op == "placeholder":
+            env[node] = _default_of(node)
+            return env[node]
+        if node not in in_range and not is_carried(node, values):
+            raise AssertionError(f"tensor {node.name} crosses a cut without being a boundary")
+        for arg in node.all_input_nodes:
+            materialize(arg)
+        env[node] = graph.node_copy(node, env.__getitem__)
+        return env[node]
+
+    for node in nodes[start + 1 : stop + 1]:
+        # get_attr nodes are fetched where they are used, so a parameter is owned
+        # by the segment that computes with it, not by the one fx listed it in.
+        if node.op not in ("placeholder", "get_attr", "output"):
+            materialize(node)
+    if outputs is None:
+        output = nodes[-1]
+        for arg in output.all_input_nodes:
+            materialize(arg)
+        graph.output(fx.map_arg(output.args[0], env.__getitem__))
+    else:
+        graph.output(env[outputs[0]] if len(outputs) == 1 else tuple(env[o] for o in outputs))
+    graph.lint()
+    return graph
+
+
+def _default_of(placeholder: fx.Node) -> Any:
+    if not placeholder.args or placeholder.args[0] is inspect.Parameter.empty:
+        raise ValueError(
+            f"forward argument '{placeholder.target}' has no default; only the first "
+            "argument can be an input of a partitioned model"
+        )
+    return placeholder.args[0]
+
+
+_source_ids = itertools.count()
+
+
+def _compile(graph: fx.Graph) -> Callable:
+    """Python function ``forward(self, ...)`` for ``graph``, attributes looked up on ``self``."""
+    code = graph.python_code(root_module="self")
+    filename = f"<partitioner segment {next(_source_ids)}>"
+    # Registering the source lets tracebacks and debuggers show the segment's code.
+    linecache.cache[filename] = (len(code.src), None, code.src.splitlines(True), filename)
+    namespace = dict(code.globals)
+    exec(compile(code.src, filename, "exec"), namespace)
+    return namespace["forward"]
+
+
+def _copy_attr(source: nn.Module, target: nn.Module, path: str) -> None:
+    *parents, name = path.split(".")
+    for part in parents:
+        if not hasattr(target, part):
+            target.add_module(part, nn.Module())
+        source, target = getattr(source, part), getattr(target, part)
+    value = getattr(source, name)
+    if isinstance(value, nn.Parameter):
+        target.register_parameter(name, value)
+    elif name in source._buffers:
+        target.register_buffer(
+            name, value, persistent=name not in source._non_persistent_buffers_set
+        )
+    else:
+        setattr(target, name, value)
+
+
+def _referenced_paths(graph: fx.Graph) -> set[str]:
+    return {n.target for n in graph.nodes if n.op in ("call_module", "get_attr")}
+
+
+class Segment(nn.Module):
+    """A contiguous piece of a traced model, runnable on its own.
+
+    Example::
+
+        seg = Segment(model, train_graph, eval_graph)
+        h = seg(x)          # the eval graph in eval mode, the train graph in train mode
+
+    The segment shares parameters, buffers and leaf submodules with ``model``:
+    it is a view of the model's weights, not a copy.
+    """
+
+    def __init__(self, model: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph):
+        super().__init__()
+        paths = _referenced_paths(train_graph) | _referenced_paths(eval_graph)
+        # Parents before children, so a leaf module is installed before anything below it.
+        for path in sorted(paths, key=lambda p: p.count(".")):
+            _copy_attr(model, self, path)
+        self._graphs = {True: train_graph, False: eval_graph}
+        self._forwards = {mode: _compile(g) for mode, g in self._graphs.items()}
+
+    def _adopt(self, model: nn.Module, path: str) -> None:
+        """Take ownership of a parameter or buffer that no graph node uses."""
+        _copy_attr(model, self, path)
+
+    def generated_code(self, training: bool | None = None) -> str:
+        """The generated Python code this segment runs (train or eval graph)."""
+        mode = self.training if training is None else training
+        return self._graphs[mode].python_code(root_module="self").src
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self._forwards[self.training](self, *inputs)

@@ -1,0 +1,22 @@
+import copy
+
+import pytest
+import timm
+import torch
+
+import contsup  # noqa: F401  (registers the CIFAR ResNets in timm)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def twin(model: torch.nn.Module) -> torch.nn.Module:
+    """An independent copy to compare a partition against (segments share the original)."""
+    return copy.deepcopy(model)
+
+
+def create(name: str, **kwargs) -> torch.nn.Module:
+    return timm.create_model(name, **kwargs)

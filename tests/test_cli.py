@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+from typer.testing import CliRunner
+
+from contsup.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_split_table():
+    result = run("split", "resnet20", "--k", "4")
+    assert result.exit_code == 0, result.output
+    assert "resnet20 in 4 segments" in result.output
+    assert "imbalance" in result.output and "NCHW" in result.output
+
+
+def test_split_json_schema():
+    result = run(
+        "split", "resnet20", "--k", "3", "--batch-size", "8", "--objective", "memory", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"model", "k", "objective", "imbalance", "segments"}
+    assert (data["model"], data["k"], data["objective"]) == ("resnet20", 3, "memory")
+    assert data["imbalance"] >= 1.0
+    assert len(data["segments"]) == 3
+    for i, segment in enumerate(data["segments"]):
+        assert set(segment) == {
+            "index",
+            "first_node",
+            "last_node",
+            "params",
+            "flops",
+            "activation_bytes",
+            "output_shape",
+        }
+        assert segment["index"] == i and segment["output_shape"][0] == 8
+        assert segment["flops"] > 0 and segment["activation_bytes"] > 0 and segment["params"] > 0
+    assert data["segments"][-1]["output_shape"] == [8, 10]  # resnet20's default: CIFAR-10
+    model = timm.create_model("resnet20")
+    assert sum(s["params"] for s in data["segments"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_split_saves_a_plan_and_a_plot(tmp_path):
+    plan, plot = tmp_path / "plan.json", tmp_path / "cost.png"
+    result = run("split", "resnet20", "--k", "4", "--save", str(plan), "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    saved = json.loads(plan.read_text())
+    assert saved["model"] == "resnet20" and len(saved["cuts"]) == 3
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".*"))
+
+
+def test_split_any_timm_model_with_input_size():
+    result = run("split", "vit_tiny_patch16_224", "--k", "12", "--json")
+    assert result.exit_code == 0, result.output
+    shapes = [s["output_shape"] for s in json.loads(result.output)["segments"][:-1]]
+    assert shapes == [[1, 197, 192]] * 11
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["split", "resnt110"], "unknown model 'resnt110'; did you mean resnet110"),
+        (["split", "resnet20", "--k", "0"], "--k must be at least 1"),
+        (["split", "resnet20", "--k", "500"], "between 1 and 14"),
+        (["split", "resnet20", "--objective", "speed"], "unknown objective 'speed'"),
+        (["split", "resnet20", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (
+            ["split", "vit_tiny_patch16_224", "--input-size", "3", "64", "64"],
+            "rejects an input of shape",
+        ),
+        (["models", "nothing_like_this*"], "no model matches"),
+    ],
+)
+def test_user_errors_exit_2_with_one_sentence(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_models_lists_cifar_resnets():
+    result = run("models", "resnet1*")
+    assert result.exit_code == 0
+    names = result.output.split()
+    assert "resnet110" in names and "resnet1202" in names and "resnet20" not in names
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "contsup.cli", "split", "nope_net"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "unknown model 'nope_net'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,54 @@
+import torch
+from torch import nn
+
+from partitioner.cost import measure_node_times, profile
+from partitioner.trace import trace
+
+
+def costs_of(model, x):
+    gm = trace(model, training=True)
+    return profile(gm, x).costs
+
+
+def test_linear_relu_linear_by_hand():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    costs = costs_of(model, torch.randn(3, 4))
+    # addmm: 2 * batch * in * out FLOPs
+    assert costs["_0"].flops == 2 * 3 * 4 * 8
+    assert costs["_2"].flops == 2 * 3 * 8 * 2
+    assert costs["_1"].flops == 0
+    # The first Linear keeps its input for the weight gradient (3 x 4 floats); the
+    # weight itself is a parameter and is not an activation.
+    assert costs["_0"].saved_bytes == 3 * 4 * 4
+    # ReLU keeps its output; the second Linear keeps the same tensor, charged once.
+    assert costs["_1"].saved_bytes == 3 * 8 * 4
+    assert costs["_2"].saved_bytes == 0
+    assert costs["_0"].param_bytes == (4 * 8 + 8) * 4
+    assert costs["_2"].param_bytes == (8 * 2 + 2) * 4
+
+
+def test_conv_flops_and_batch_scaling():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False))
+    one = costs_of(model, torch.randn(1, 3, 8, 8))["_0"]
+    four = costs_of(model, torch.randn(4, 3, 8, 8))["_0"]
+    assert one.flops == 2 * (8 * 8 * 8) * (3 * 3 * 3)
+    assert four.flops == 4 * one.flops
+    assert four.saved_bytes == 4 * one.saved_bytes == 4 * 3 * 8 * 8 * 4
+
+
+def test_profiling_leaves_model_untouched():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    costs_of(model, torch.randn(2, 3, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_node_times_cover_every_node_and_restore_buffers():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    gm = trace(model, training=True)
+    before = model[1].running_mean.clone()
+    times = measure_node_times(gm, torch.randn(2, 3, 16, 16), repeats=2)
+    assert set(times) == {n.name for n in gm.graph.nodes}
+    assert all(t >= 0 for t in times.values()) and times["_0"] > 0
+    assert torch.equal(model[1].running_mean, before)
