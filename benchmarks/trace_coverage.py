@@ -39,14 +39,23 @@ def check(name: str) -> dict:
                     model = timm.create_model(name)
             except Exception:
                 model = timm.create_model(name)
-        x = torch.empty(1, *model.pretrained_cfg["input_size"])
+        # Batch 2: batch norm refuses to train on one value per channel.
+        x = torch.empty(2, *model.pretrained_cfg["input_size"])
         analysis = partitioner.analyze(model, x)
-        return {"model": name, "ok": True, "max_k": analysis.max_k,
-                "seconds": time.perf_counter() - start}
+        return {
+            "model": name,
+            "ok": True,
+            "max_k": analysis.max_k,
+            "seconds": time.perf_counter() - start,
+        }
     except Exception as error:  # noqa: BLE001  (a survey: record every failure)
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return {"model": name, "ok": False, "error": f"{type(error).__name__}: {message}"[:300],
-                "seconds": time.perf_counter() - start}
+        return {
+            "model": name,
+            "ok": False,
+            "error": f"{type(error).__name__}: {message}"[:300],
+            "seconds": time.perf_counter() - start,
+        }
 
 
 def main() -> None:
@@ -62,8 +71,13 @@ def main() -> None:
     ok = sum(r["ok"] for r in rows)
     print(f"{ok} of {len(rows)} families analysed")
     RESULTS.mkdir(exist_ok=True)
-    summary = {"timm": timm.__version__, "torch": torch.__version__, "ok": ok,
-               "families": len(rows), "rows": rows}
+    summary = {
+        "timm": timm.__version__,
+        "torch": torch.__version__,
+        "ok": ok,
+        "families": len(rows),
+        "rows": rows,
+    }
     (RESULTS / "trace_coverage.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -88,7 +88,9 @@ def split(
         tuple[int, int, int] | None,
         typer.Option(help="C H W of one input (default: the model's own)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size for FLOPs and activation bytes")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(help="batch size for activation bytes (and --json FLOPs)")
+    ] = 32,
     max_boundary_tensors: Annotated[
         int, typer.Option(help="allow cuts where this many tensors cross")
     ] = 1,
@@ -156,27 +158,39 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
     table = Table(
         title=f"{summary['model']} in {summary['k']} segments, balanced by {summary['objective']}"
     )
-    for column in ("#", "first node", "last node", "params", "GFLOPs", "act. MiB", "output"):
+    columns = (
+        "#",
+        "first node",
+        "last node",
+        "params",
+        "GFLOPs/img",
+        f"act. MiB @{batch_size}",
+        "output",
+    )
+    for column in columns:
         table.add_column(
             column, justify="left" if "node" in column or column == "output" else "right"
         )
-    layouts = [b.tensors[0].layout for b in part.boundaries] + [""]
-    for row, layout in zip(summary["segments"], layouts):
-        shape = "x".join(map(str, row["output_shape"])) if row["output_shape"] else "-"
+    outputs = [
+        ", ".join(f"{'x'.join(map(str, t.shape))} {t.layout}" for t in b.tensors)
+        for b in part.boundaries
+    ]
+    last = part.stats[-1].output_shape
+    outputs.append("x".join(map(str, last)) if last else "-")
+    for row, output in zip(summary["segments"], outputs):
         table.add_row(
             str(row["index"]),
             row["first_node"],
             row["last_node"],
             f"{row['params']:,}",
-            f"{row['flops'] / 1e9:.3f}",
+            f"{row['flops'] / batch_size / 1e9:.3f}",
             f"{row['activation_bytes'] / 2**20:.2f}",
-            f"{shape} {layout}".strip(),
+            output,
         )
     stdout.print(table)
     stdout.print(
         f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
-        f"batch size {batch_size}; forward FLOPs (training ~3x); "
-        "activation = bytes saved for backward"
+        "forward FLOPs per image (training ~3x); activation = bytes saved for backward"
     )
 
 

@@ -75,7 +75,8 @@ def imbalance(costs: Sequence[float]) -> float:
 class SegmentStats:
     """One segment: its first and last op, output shape, and what it costs.
 
-    ``flops`` are forward FLOPs (a training step costs about
+    ``output_shape`` is None when the output is not one tensor (a multi-tensor
+    boundary, a model returning a tuple). ``flops`` are forward FLOPs (a training step costs about
     ``TRAINING_FLOPS_MULTIPLIER`` times more) and ``activation_bytes`` the bytes
     autograd saves for backward, both at the example input's batch size.
     """
@@ -163,7 +164,7 @@ class Analysis:
             Boundary(tuple(self._spec(by_name[name], default_4d) for name in cut.boundary))
             for cut, _ in cuts
         ]
-        stats = self._stats([c.position for c, _ in cuts], segments)
+        stats = self._stats(cuts, segments)
         x = self.example_input
         return Partition(segments, boundaries, stats, objective, tuple(x.shape), str(x.dtype))
 
@@ -172,11 +173,16 @@ class Analysis:
         layout = infer_layout(self.train, node, value, default_4d)
         return TensorSpec(node.name, tuple(value.shape), str(value.dtype), layout)
 
-    def _stats(self, positions: list[int], segments: Sequence[Segment]) -> list[SegmentStats]:
+    def _stats(
+        self, cuts: list[tuple[Cut, Cut]], segments: Sequence[Segment]
+    ) -> list[SegmentStats]:
         nodes = self.nodes
-        bounds = [-1, *positions, len(nodes) - 1]
+        bounds = [-1, *(c.position for c, _ in cuts), len(nodes) - 1]
         output_value = fx.map_arg(nodes[-1].args[0], lambda n: self.train_values[n.name])
-        ends = [self.train_values[nodes[p].name] for p in positions] + [output_value]
+        ends = [
+            self.train_values[cut.boundary[0]] if len(cut.boundary) == 1 else None
+            for cut, _ in cuts
+        ] + [output_value]
         result = []
         for (a, b), segment, end in zip(zip(bounds, bounds[1:]), segments, ends):
             ops = [n for n in nodes[a + 1 : b + 1] if n.op.startswith("call_")]

@@ -8,6 +8,7 @@ own, and turns a tracing failure into one sentence naming the module that broke.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -95,12 +96,28 @@ def trace(
     was_training = model.training
     model.train(training)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_optional_arguments(model))
     except Exception as error:
         raise UntraceableModelError(_describe_failure(model, tracer, error)) from error
     finally:
         model.train(was_training)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _optional_arguments(model: nn.Module) -> dict[str, object]:
+    """Defaults of ``forward``'s arguments after the input, fixed while tracing.
+
+    Left symbolic, ``if mask is not None:`` would take the branch for a mask that
+    never comes (hiera); fixed at its default, the branch follows what
+    ``model(x)`` does.
+    """
+    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def _describe_failure(model: nn.Module, tracer: _Tracer, error: Exception) -> str:

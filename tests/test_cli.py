@@ -60,10 +60,13 @@ def test_split_saves_a_plan_and_a_plot(tmp_path):
 
 
 def test_split_any_timm_model_with_input_size():
-    result = run("split", "vit_tiny_patch16_224", "--k", "12", "--json")
+    args = ["vit_tiny_patch16_224", "--k", "12", "--batch-size", "1", "--json"]
+    result = run("split", *args, "--input-size", "3", "224", "224")
     assert result.exit_code == 0, result.output
     shapes = [s["output_shape"] for s in json.loads(result.output)["segments"][:-1]]
     assert shapes == [[1, 197, 192]] * 11
+    result = run("split", "resnet20", "--input-size", "3", "64", "64", "--json", "--k", "2")
+    assert json.loads(result.output)["segments"][0]["output_shape"][2:] in ([64, 64], [32, 32])
 
 
 @pytest.mark.parametrize(

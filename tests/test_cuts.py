@@ -3,7 +3,7 @@ from torch import nn
 
 import partitioner
 from partitioner.cost import profile
-from partitioner.cuts import cut_candidates, node_key
+from partitioner.cuts import cut_candidates, is_carried, node_key
 from partitioner.trace import trace
 from tests.conftest import create
 
@@ -13,16 +13,61 @@ def candidates(model, x, **kwargs):
     return gm, cut_candidates(gm, profile(gm, x, costs=False).values, **kwargs)
 
 
-def test_vit_cuts_at_every_block_despite_non_tensor_arguments():
+def test_vit_cuts_at_every_block():
     model = create("vit_tiny_patch16_224", img_size=64)
     gm, cuts = candidates(model, torch.randn(1, 3, 64, 64))
-    # forward(x, attn_mask=None, is_causal=False): values live across every block
-    # that must not count, or ViT would have almost no cut points.
-    extra = [n.target for n in gm.graph.nodes if n.op == "placeholder"][1:]
-    assert extra == ["attn_mask", "is_causal"]
     keys = node_key(gm)
     scopes = {keys[c.boundary[0]][0] for c in cuts}
     assert {f"blocks.{i}" for i in range(12)} <= scopes
+
+
+def apply_mask(x, mask):
+    return x if mask is None else x * mask
+
+
+torch.fx.wrap("apply_mask")
+
+
+class MaskedBlocks(nn.Module):
+    """Like a transformer: forward(x, attn_mask=None) hands the mask to every block."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(4))
+
+    def forward(self, x, attn_mask=None):
+        for block in self.blocks:
+            x = apply_mask(block(x), attn_mask)
+        return x
+
+
+def test_non_tensor_arguments_do_not_block_cuts():
+    model = MaskedBlocks()
+    gm, cuts = candidates(model, torch.randn(2, 4))
+    mask = [n for n in gm.graph.nodes if n.op == "placeholder"][1]
+    assert is_carried(mask, {}) and mask.users  # a value that exists, but is not a boundary
+    assert [c.boundary[0] for c in cuts] == [
+        "blocks_0",
+        "apply_mask",
+        "blocks_1",
+        "apply_mask_1",
+        "blocks_2",
+        "apply_mask_2",
+        "blocks_3",
+    ]
+    x = torch.randn(2, 4)
+    part = partitioner.partition(model, x, k=4)
+    assert torch.equal(part(x), model(x))
+
+
+def test_optional_forward_arguments_trace_at_their_defaults():
+    # hiera: forward(x, mask=None) with `if mask is not None:` inside.
+    model = create("hiera_tiny_224")
+    part = partitioner.partition(model, torch.randn(2, 3, 224, 224), k=3)
+    x = torch.randn(2, 3, 224, 224)
+    part.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(part(x), model(x))
 
 
 class BnInplaceRelu(nn.Module):
