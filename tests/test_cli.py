@@ -105,3 +105,14 @@ def test_console_script_error_has_no_traceback():
     )
     assert proc.returncode == 2
     assert "unknown model 'nope_net'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_untraceable_model_exits_2(monkeypatch):
+    from tests.test_plan import WithDynamicBlock
+
+    model = WithDynamicBlock()
+    model.pretrained_cfg = {"input_size": (4,)}
+    monkeypatch.setattr("contsup.cli.create_model", lambda name: model)
+    result = run("split", "dynamic", "--k", "2")
+    assert result.exit_code == 2
+    assert "cannot trace module 'gate' (DataDependent)" in " ".join(result.output.split())
