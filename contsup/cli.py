@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +16,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from contsup.checkpoint import write_text_atomic
 
 app = typer.Typer(
     add_completion=False,
@@ -44,19 +44,14 @@ def user_errors():
         raise typer.Exit(2) from None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a crash leaves either the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def check_model_name(name: str) -> None:
+    """Raise UserError, with the closest names, unless timm knows ``name``."""
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `contsup models` lists them"
+        raise UserError(f"unknown model '{name}'{hint}")
 
 
 def create_model(name: str):
@@ -64,12 +59,7 @@ def create_model(name: str):
     import timm
     import torch
 
-    import contsup  # noqa: F401  (registers the CIFAR ResNets)
-
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `contsup models` lists them"
-        raise UserError(f"unknown model '{name}'{hint}")
+    check_model_name(name)
     try:
         with torch.device("meta"):
             return timm.create_model(name)
@@ -120,7 +110,7 @@ def split(
         )
         part = analysis.partition(k, objective)
         if save:
-            write_atomic(save, part.to_json(model=model))
+            write_text_atomic(save, part.to_json(model=model))
         if plot:
             from partitioner.plot import plot_costs
 
@@ -192,6 +182,121 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
         f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
         "forward FLOPs per image (training ~3x); activation = bytes saved for backward"
     )
+
+
+@app.command()
+def train(
+    model: Annotated[str | None, typer.Argument(help="timm model name (or from --recipe)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="number of segments")] = None,
+    context: Annotated[str | None, typer.Option(help="R0 | E | Rn | RnE")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="cifar10 | cifar100 | svhn | stl10 | digits | synthetic[:CxHxW] | imagefolder:PATH"
+        ),
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="YAML recipe (recipes/)")] = None,
+    run: Annotated[str | None, typer.Option(help="only this run of a multi-run recipe")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option()] = None,
+    head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
+    local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,
+    objective: Annotated[str | None, typer.Option(help="what the cuts balance")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    amp: Annotated[str | None, typer.Option(help="bf16")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last", help="NHWC memory")
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile", help="torch.compile each part")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="where datasets live")] = None,
+    download: Annotated[bool | None, typer.Option("--download", help="fetch missing data")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (large datasets)")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from out/checkpoint.pt")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="last stdout line is one JSON object")
+    ] = False,
+) -> None:
+    """Train MODEL with greedy local learning and context supply."""
+    given = {name: value for name, value in locals().items() if value is not None}
+    for name in ("recipe", "run", "resume", "as_json"):
+        given.pop(name, None)
+    with user_errors():
+        from contsup.recipes import check_fields, load_recipe
+
+        if amp not in (None, "bf16"):
+            raise UserError(f"--amp takes bf16, got {amp!r}")
+        book = load_recipe(recipe) if recipe else None
+        runs = book.runs if book else [("", {})]
+        if run is not None:
+            runs = [r for r in runs if r[0] == run]
+            if not runs:
+                names = ", ".join(n for n, _ in book.runs) if book else "none without --recipe"
+                raise UserError(f"no run named {run!r}; runs: {names}")
+        check_fields(given, "command line")
+        for name, overrides in runs:
+            values = {**(book.base if book else {}), **overrides, **given}
+            if book and name and "out" not in given:
+                values["out"] = str(Path(values.get("out") or Path("runs") / recipe.stem) / name)
+            summary = _train_one(values, resume, as_json, label=name)
+            if as_json:
+                print(json.dumps(summary))
+
+
+def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    import partitioner
+    from contsup.checkpoint import CheckpointError
+    from contsup.data import DataError
+    from contsup.trainer import TrainConfig, TrainingDiverged, train
+
+    config = TrainConfig(**values)
+    check_model_name(config.model)
+    if (
+        config.device != "auto"
+        and config.device.startswith("cuda")
+        and not torch.cuda.is_available()
+    ):
+        raise UserError(f"--device {config.device} asked for, but this machine has no CUDA GPU")
+    report = stderr if as_json else stdout
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
+                        console=stderr, transient=True)  # fmt: skip
+    task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
+
+    def on_step(step, steps, losses, images_per_s):
+        progress.update(task, completed=step, total=steps, loss=losses[-1], ips=images_per_s)
+
+    def on_epoch(m):
+        report.print(
+            f"{label + ' ' if label else ''}epoch {m['epoch']}/{config.epochs}  "
+            f"loss {m['train_loss']:.4f}  test acc {m['test_accuracy']:.4f}  "
+            f"lr {m['lr']:.4g}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
+            highlight=False,
+        )
+
+    try:
+        with progress:
+            summary = train(config, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    except TrainingDiverged as error:
+        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (DataError, CheckpointError, ValueError, partitioner.PartitionError) as error:
+        raise UserError(str(error)) from error
+    report.print(
+        f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
+        f"run in {summary['out_dir']}", highlight=False,
+    )  # fmt: skip
+    return summary
 
 
 @app.command()

@@ -1,0 +1,297 @@
+"""``wrap`` a model into a ``LocalLearner``: segments, local heads and context bridges.
+
+Training, per batch (``local_backward``): for each segment in turn, run it on its
+input, score its output with its local head (the last segment with the model's
+own classifier), back-propagate, then build the next segment's input as
+
+    h'_k = h_k.detach() + sum_j M_j(c_j.detach())
+
+Only one segment's graph is alive at a time and no gradient crosses a boundary;
+the bridges M_j learn from the next segment's loss only. At inference
+(``learner(x)``) the same chain runs without heads and without detaching.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import partitioner
+from contsup.bridges import Bridge
+from contsup.context import ContextMode, parse_context
+from contsup.geometry import Geometry, geometry_of, image_geometry
+from contsup.heads import ReconstructionDecoder, build_head, parse_head
+from contsup.losses import head_outputs, local_loss_fn
+
+__all__ = ["LocalLearner", "LocalStep", "ContextNetwork", "wrap"]
+
+
+@dataclass
+class LocalStep:
+    """What ``local_backward`` returns: final logits (detached) and K losses (floats)."""
+
+    logits: torch.Tensor
+    losses: list[float]
+
+
+def recent_sources(boundary: int, recent: int) -> list[int]:
+    """Which earlier boundary inputs boundary ``boundary`` reads, most recent first.
+
+    Example::
+
+        >>> recent_sources(3, 2), recent_sources(0, 2)
+        ([2, 1], [-1])
+
+    Index -1 is the image (the first segment's input); it stands in for every
+    boundary that does not exist yet and is read once.
+    """
+    indices = [max(boundary - 1 - j, -1) for j in range(recent)]
+    return list(dict.fromkeys(indices))
+
+
+class ContextNetwork(nn.Module):
+    """Segments chained through their bridges: the inference model, without heads.
+
+    Example::
+
+        net = learner.export()
+        logits = net(x)
+    """
+
+    def __init__(self, segments: nn.ModuleList, bridges: nn.ModuleList, context: ContextMode):
+        super().__init__()
+        self.segments = segments
+        self.bridges = bridges
+        self.context = str(context)
+        self.recent = context.recent
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs: list[torch.Tensor] = []
+        h = x
+        for k, segment in enumerate(self.segments):
+            out = segment(h)
+            if k < len(self.bridges):
+                sources = [x if i < 0 else inputs[i] for i in recent_sources(k, self.recent)]
+                h = self.bridges[k](out, sources, x)
+                inputs.append(h)
+        return out
+
+
+class LocalLearner(nn.Module):
+    """A model cut into K gradient-isolated segments, with heads and context bridges.
+
+    Example::
+
+        learner = contsup.wrap(timm.create_model("resnet32", num_classes=10), k=4, context="R1E")
+        step = learner.local_backward(x, y)   # then optimizer.step()
+        logits = learner.eval()(x)
+
+    Attributes:
+        segments, heads, bridges: ``nn.ModuleList`` of K, K-1 and K-1 modules.
+        decoders: K-1 reconstruction decoders, or an empty list.
+        partition: the ``partitioner.Partition`` the segments come from.
+    """
+
+    def __init__(
+        self,
+        partition: partitioner.Partition,
+        heads: Sequence[nn.Module],
+        bridges: Sequence[Bridge],
+        decoders: Sequence[nn.Module],
+        *,
+        context: ContextMode,
+        local_loss: str,
+        loss_weights: Sequence[tuple[float, float]],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        super().__init__()
+        self._partition = [partition]  # in a list, so its segments are not registered twice
+        self.network = ContextNetwork(partition.segments, nn.ModuleList(bridges), context)
+        self.heads = nn.ModuleList(heads)
+        self.decoders = nn.ModuleList(decoders)
+        self.context = context
+        self.local_loss = local_loss
+        self.loss_weights = list(loss_weights)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self._score = local_loss_fn(local_loss)
+
+    @property
+    def partition(self) -> partitioner.Partition:
+        return self._partition[0]
+
+    @property
+    def segments(self) -> nn.ModuleList:
+        return self.network.segments
+
+    @property
+    def bridges(self) -> nn.ModuleList:
+        return self.network.bridges
+
+    @property
+    def k(self) -> int:
+        return len(self.segments)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def export(self) -> ContextNetwork:
+        """A standalone copy of the inference model (segments and bridges, no heads)."""
+        return copy.deepcopy(self.network)
+
+    def local_loss_of(self, k: int, out: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None):
+        """Boundary ``k``'s local loss: head score, plus weighted reconstruction if enabled."""
+        loss = self._score(self.heads[k](out), y)
+        if not self.decoders:
+            return loss
+        reconstruction_weight, local_weight = self.loss_weights[k]
+        reconstruction = F.binary_cross_entropy(self.decoders[k](out).float(), raw.float())
+        return reconstruction_weight * reconstruction + local_weight * loss
+
+    def local_backward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        raw: torch.Tensor | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> LocalStep:
+        """Forward and backward, one segment at a time; the caller steps the optimizer.
+
+        Example::
+
+            step = learner.local_backward(x, y)
+            optimizer.step(); optimizer.zero_grad()
+            step.losses      # K floats: K-1 local losses, then the final loss
+
+        Args:
+            raw: the un-normalised image in [0, 1] for the reconstruction decoder
+                (default: ``x`` un-normalised with ``learner.mean``/``learner.std``).
+            autocast: run forward passes under ``torch.autocast`` with this dtype.
+        """
+        if self.decoders and raw is None:
+            raw = (x * self.std + self.mean).clamp(0, 1)
+        cast = (
+            torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
+        )
+        inputs: list[torch.Tensor] = []
+        losses = []
+        h = x
+        for k, segment in enumerate(self.segments):
+            with cast:
+                out = segment(h)
+                last = k == self.k - 1
+                loss = (
+                    F.cross_entropy(out.float(), y) if last else self.local_loss_of(k, out, y, raw)
+                )
+            loss.backward()
+            losses.append(loss.detach())
+            if not last:
+                sources = [
+                    x if i < 0 else inputs[i] for i in recent_sources(k, self.context.recent)
+                ]
+                with cast:
+                    # Everything read is detached: the bridge learns from the next loss only.
+                    h = self.bridges[k](out.detach(), sources, x)
+                inputs.append(h.detach())
+        return LocalStep(out.detach(), torch.stack(losses).tolist())
+
+
+def _default_input(model: nn.Module) -> torch.Tensor:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if "input_size" not in cfg:
+        raise ValueError("pass example_input: the model has no timm pretrained_cfg input_size")
+    device = next(model.parameters()).device
+    # Batch 2: batch norm refuses to train on one value per channel.
+    return torch.zeros(2, *cfg["input_size"], device=device)
+
+
+def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tuple[float, float]]:
+    if decoder is None:
+        return [(0.0, 1.0)] * boundaries
+    if len(decoder) != 4:
+        raise ValueError(
+            f"decoder takes four loss scales [ixx_1, ixy_1, ixx_2, ixy_2], got {list(decoder)}"
+        )
+    xx1, xy1, xx2, xy2 = (float(v) for v in decoder)
+    weights = []
+    for i in range(boundaries):
+        t = i / (boundaries - 1) if boundaries > 1 else 0.0
+        weights.append((xx1 + t * (xx2 - xx1), xy1 + t * (xy2 - xy1)))
+    return weights
+
+
+def wrap(
+    model: nn.Module,
+    k: int,
+    *,
+    context: str = "E",
+    local_loss: str = "ce",
+    head: str = "1c2f",
+    decoder: Sequence[float] | None = None,
+    objective: str = "flops",
+    example_input: torch.Tensor | None = None,
+    num_classes: int | None = None,
+) -> LocalLearner:
+    """Cut ``model`` into ``k`` segments and add local heads and context bridges.
+
+    Example::
+
+        learner = contsup.wrap(timm.create_model("convnext_atto", num_classes=10), k=4,
+                               context="R1E")
+        step = learner.local_backward(x, y)   # then optimizer.step()
+
+    Args:
+        context: ``R0``, ``E``, ``Rn`` or ``RnE`` (see ``contsup.context``).
+        local_loss: ``ce`` (cross-entropy) or ``contrast`` (supervised contrastive).
+        head: local head config, ``<a>c<b>f`` (default ``1c2f``, the paper's).
+        decoder: None, or the four loss scales ``[ixx_1, ixy_1, ixx_2, ixy_2]`` that
+            turn on the reconstruction decoder; the (reconstruction, local) weights go
+            linearly from (ixx_1, ixy_1) at the first boundary to (ixx_2, ixy_2) at the last.
+        objective: what the partitioner balances (``flops``, ``memory``, ...).
+        example_input: defaults to the model's timm input size, batch 2.
+        num_classes: defaults to ``model.num_classes``.
+
+    The learner shares parameters with ``model``.
+    """
+    mode = parse_context(context)
+    parse_head(head)
+    head_outputs(local_loss, 1)
+    boundaries = k - 1 if isinstance(k, int) else 0
+    weights = _loss_weights(decoder, max(boundaries, 0))
+    x = _default_input(model) if example_input is None else example_input
+    classes = num_classes or getattr(model, "num_classes", None)
+    if not classes:
+        raise ValueError("pass num_classes: the model has no num_classes attribute")
+    part = partitioner.partition(model, x, k, objective)
+    for b in part.boundaries:
+        if len(b.tensors) != 1:
+            raise ValueError("context supply needs single-tensor boundaries")
+    geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
+    image = image_geometry(x)
+    width = max([getattr(model, "num_features", 0) or 0] + [g.channels for g in geometries])
+    out_features = head_outputs(local_loss, classes)
+    heads = [build_head(head, g, out_features, width) for g in geometries]
+    bridges = [_bridge(i, geometries, image, mode) for i in range(len(geometries))]
+    decoders = [ReconstructionDecoder(g, image) for g in geometries] if decoder else []
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    channels = x.shape[1]
+    learner = LocalLearner(
+        part, heads, bridges, decoders,
+        context=mode, local_loss=local_loss, loss_weights=weights,
+        mean=cfg.get("mean", (0.5,) * channels), std=cfg.get("std", (0.5,) * channels),
+    )  # fmt: skip
+    device = x.device if x.device.type != "meta" else next(model.parameters()).device
+    return learner.to(device)
+
+
+def _bridge(k: int, geometries: list[Geometry], image: Geometry, mode: ContextMode) -> Bridge:
+    recent = [image if i < 0 else geometries[i] for i in recent_sources(k, mode.recent)]
+    return Bridge(geometries[k], recent, image if mode.image else None)

@@ -1,0 +1,294 @@
+"""Train a LocalLearner: the paper's SGD and schedule, metrics, atomic checkpoints, resume.
+
+Per epoch: train (one ``local_backward`` and one optimizer step per batch), then
+evaluate on the test split, then write ``checkpoint.pt`` (atomically), then
+rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics. A
+kill at any moment loses at most the epoch in progress; ``resume=True``
+continues from the last checkpoint with the same model, optimizer, schedule
+position, random state and metrics, so the run ends as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
+from contsup.data import Batches, load_dataset, steps_per_epoch
+from contsup.learner import LocalLearner, wrap
+
+__all__ = ["TrainConfig", "TrainingDiverged", "paper_lr", "train"]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; defaults follow the paper (PAPER.md) where it has one."""
+
+    model: str = "resnet32"
+    k: int = 4
+    context: str = "E"
+    head: str = "1c2f"
+    local_loss: str = "ce"
+    decoder: list[float] | None = None
+    objective: str = "flops"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str = "data"
+    download: bool = False
+    workers: int = 4
+    epochs: int = 160
+    batch_size: int = 1024
+    lr: float = 0.8
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 10
+    device: str = "auto"
+    amp: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    out: str | None = None
+
+    # Changing these between a checkpoint and its resume would make a different run.
+    IDENTITY = ("model", "k", "context", "head", "local_loss", "decoder", "objective",
+                "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
+                "nesterov", "weight_decay", "warmup_epochs", "seed")  # fmt: skip
+
+    def out_dir(self) -> Path:
+        name = f"{self.model}-k{self.k}-{self.context}-{self.dataset.replace(':', '_')}"
+        return Path(self.out or Path("runs") / name)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def paper_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 10) -> float:
+    """The paper's cosine schedule with warm-up, for epoch ``epoch`` in 1..epochs.
+
+    Example::
+
+        >>> round(paper_lr(1, 160, 0.8), 4), round(paper_lr(11, 160, 0.8), 4)
+        (0.01, 0.7907)
+
+    For e <= W: 0.5 lr (1 + cos(pi e / E)) (e - 1) / W + 0.01 (W + 1 - e) / W;
+    after: 0.5 lr (1 + cos(pi e / E)). The paper uses W = 10.
+    """
+    cosine = 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
+    if epoch <= warmup_epochs:
+        return (
+            cosine * (epoch - 1) / warmup_epochs
+            + 0.01 * (warmup_epochs + 1 - epoch) / warmup_epochs
+        )
+    return cosine
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "data": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(out: Path, metrics: list[dict]) -> None:
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    columns = [k for k in metrics[0] if k != "segment_losses"] if metrics else []
+    k = len(metrics[0]["segment_losses"]) if metrics else 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns + [f"loss_segment_{i}" for i in range(k)])
+    for m in metrics:
+        writer.writerow([m[c] for c in columns] + m["segment_losses"])
+    write_text_atomic(out / "metrics.csv", buffer.getvalue())
+
+
+def evaluate(learner: LocalLearner, data: Batches, autocast: torch.dtype | None) -> float:
+    """Top-1 accuracy of the inference model (segments and bridges) on the test split."""
+    learner.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y, _ in data.test():
+            with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+                correct += (learner(x).argmax(1) == y).sum().item()
+    learner.train()
+    return correct / data.test_size
+
+
+def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
+    """The data and the wrapped model a config describes, on its device."""
+    device = _device(config.device)
+    data = load_dataset(
+        config.dataset,
+        batch_size=config.batch_size,
+        device=device,
+        data_dir=config.data_dir,
+        download=config.download,
+        workers=config.workers,
+    )
+    model = timm.create_model(
+        config.model, num_classes=data.info.num_classes, **config.model_kwargs
+    )
+    model.to(device)
+    example = torch.zeros(2, *data.info.image_size, device=device)
+    learner = wrap(model, config.k, context=config.context, local_loss=config.local_loss,
+                   head=config.head, decoder=config.decoder, objective=config.objective,
+                   example_input=example)  # fmt: skip
+    learner.mean.copy_(data.mean.view_as(learner.mean))
+    learner.std.copy_(data.std.view_as(learner.std))
+    if config.channels_last:
+        learner.to(memory_format=torch.channels_last)
+    if config.compile:
+        for module in [*learner.segments, *learner.heads, *learner.bridges, *learner.decoders]:
+            module.compile()
+    return learner, data, device
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    on_step: Callable[[int, int, list[float], float], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run (or resume) a training run; returns the last epoch's metrics plus ``out_dir``.
+
+    Example::
+
+        summary = train(TrainConfig(model="resnet20", dataset="digits", epochs=5, lr=0.05))
+        summary["test_accuracy"]
+
+    ``on_step(step, steps, losses, images_per_s)`` and ``on_epoch(metrics)`` report progress.
+    Raises ``TrainingDiverged`` on a NaN or infinite loss, ``CheckpointError`` on a
+    checkpoint that is corrupt or from another run.
+    """
+    out = config.out_dir()
+    checkpoint_path = out / "checkpoint.pt"
+    if checkpoint_path.exists() and not resume:
+        raise CheckpointError(
+            f"{checkpoint_path} exists; pass --resume to continue that run or choose another --out"
+        )
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    learner, data, device = build(config)
+    optimizer = torch.optim.SGD(
+        learner.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    metrics: list[dict] = []
+    start_epoch = 1
+    if resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        _check_same_run(state, config, checkpoint_path)
+        try:
+            learner.load_state_dict(state["learner"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{checkpoint_path} does not fit this model: {error}") from error
+        _set_rng_state(state["rng"], generator)
+        metrics = state["metrics"]
+        start_epoch = state["epoch"] + 1
+        _write_metrics(out, metrics)  # drop anything written after the checkpoint
+    autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
+    steps = steps_per_epoch(data)
+    learner.train()
+    for epoch in range(start_epoch, config.epochs + 1):
+        lr = paper_lr(epoch, config.epochs, config.lr, config.warmup_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        totals = torch.zeros(config.k, dtype=torch.float64)
+        seen = 0
+        for step, (x, y, raw) in enumerate(data.train(generator), start=1):
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            result = learner.local_backward(x, y, raw=raw, autocast=autocast)
+            for segment, value in enumerate(result.losses):
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"the loss of segment {segment} became {value} at epoch {epoch}, step "
+                        f"{step}; lower --lr or check the data"
+                    )
+            optimizer.step()
+            totals += torch.tensor(result.losses, dtype=torch.float64) * len(y)
+            seen += len(y)
+            if on_step is not None:
+                on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
+        train_seconds = time.perf_counter() - started
+        segment_losses = (totals / seen).tolist()
+        record = {
+            "epoch": epoch,
+            "train_loss": segment_losses[-1],
+            "segment_losses": segment_losses,
+            "test_accuracy": evaluate(learner, data, autocast),
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "images_per_s": seen / train_seconds,
+        }
+        metrics.append(record)
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": asdict(config),
+            "epoch": epoch,
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(generator),
+            "metrics": metrics,
+        }
+        save_atomic(state, checkpoint_path)
+        _write_metrics(out, metrics)
+        if on_epoch is not None:
+            on_epoch(record)
+    last = metrics[-1] if metrics else {"test_accuracy": None}
+    return {**last, "epochs": config.epochs, "out_dir": str(out)}
+
+
+def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
+    saved = state.get("config", {})
+    current = asdict(config)
+    changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
+    if changed:
+        name = changed[0]
+        raise CheckpointError(
+            f"{path} is from a different run: {name} was {saved.get(name)!r}, now {current[name]!r}"
+        )

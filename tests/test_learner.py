@@ -1,0 +1,258 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import contsup
+from contsup.context import ContextMode, parse_context
+from contsup.heads import build_head, parse_head
+from contsup.learner import recent_sources, wrap
+from contsup.losses import supervised_contrastive
+from contsup.memory import SavedTensorTracker
+from tests.conftest import create
+
+MODES = ["R0", "E", "R1", "R2", "R1E", "R2E"]
+HEADS = ["0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f"]
+MODELS = [
+    ("resnet32", 32, {}),
+    ("vit_tiny_patch16_224", 32, {"img_size": 32}),
+    ("swin_tiny_patch4_window7_224", 112, {"img_size": 112}),
+    ("convnext_atto", 64, {}),
+]
+
+
+@pytest.mark.parametrize(
+    "text,mode",
+    [
+        ("R0", (0, False)),
+        ("E", (0, True)),
+        ("R1", (1, False)),
+        ("R16", (16, False)),
+        ("R2E", (2, True)),
+        ("R1E", (1, True)),
+    ],
+)
+def test_parse_context(text, mode):
+    assert parse_context(text) == ContextMode(*mode)
+    assert str(parse_context(text)) == text
+
+
+@pytest.mark.parametrize("text", ["", "R", "R0E", "E1", "r1", "R-1", "RE", "X", "R1EE"])
+def test_unknown_context_mode_names_accepted_forms(text):
+    with pytest.raises(ValueError, match="R0 .*E .*Rn .*RnE"):
+        parse_context(text)
+
+
+def test_recent_sources():
+    assert recent_sources(0, 1) == [-1]
+    assert recent_sources(5, 1) == [4]
+    assert recent_sources(1, 4) == [0, -1]  # the image stands in, once
+    assert recent_sources(6, 4) == [5, 4, 3, 2]
+
+
+@pytest.mark.parametrize("name,size,kwargs", MODELS, ids=[m[0] for m in MODELS])
+def test_every_mode_and_head_builds_and_runs(name, size, kwargs):
+    model = create(name, num_classes=10, **kwargs)
+    example = torch.zeros(2, 3, size, size)
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 0, 1])
+    cases = [(mode, "1c2f", "ce") for mode in MODES] + [("R1E", h, "contrast") for h in HEADS]
+    for mode, head, loss in cases:
+        learner = wrap(model, 3, context=mode, head=head, local_loss=loss, example_input=example)
+        step = learner.local_backward(x, y)
+        assert len(step.losses) == 3 and all(torch.isfinite(torch.tensor(step.losses)))
+        assert step.logits.shape == (4, 10)
+        has_context = mode != "R0"
+        assert any(p.grad is not None for p in learner.bridges.parameters()) == has_context
+        learner.eval()
+        with torch.no_grad():
+            assert learner(x).shape == (4, 10)
+
+
+def test_cifar_heads_are_the_papers():
+    learner = wrap(create("resnet32"), 4, objective="memory")
+    convs = [[m for m in h if isinstance(m, nn.Conv2d)][0] for h in learner.heads]
+    spec = [(c.in_channels, c.out_channels, c.stride[0], c.bias is None) for c in convs]
+    widths = [b.shape[1] for b in learner.partition.boundaries]
+    expected = {16: (16, 32, 2, True), 32: (32, 64, 2, True), 64: (64, 64, 1, True)}
+    assert spec == [expected[w] for w in widths]
+    linears = [
+        [(m.in_features, m.out_features) for m in h if isinstance(m, nn.Linear)]
+        for h in learner.heads
+    ]
+    assert all(lin == [(lin[0][0], 128), (128, 10)] for lin in linears)
+
+
+@pytest.mark.parametrize(
+    "config,convs,linears",
+    [
+        ("0c1f", 0, 1),
+        ("0c2f", 0, 2),
+        ("1c1f", 1, 1),
+        ("1c2f", 1, 2),
+        ("1c3f", 1, 3),
+        ("2c2f", 2, 2),
+    ],
+)
+def test_head_configs(config, convs, linears):
+    from contsup.geometry import Geometry
+
+    head = build_head(config, Geometry("NCHW", 16, 32, 32), 10, width=64)
+    assert sum(isinstance(m, nn.Conv2d) for m in head) == convs
+    assert sum(isinstance(m, nn.Linear) for m in head) == linears
+    assert head(torch.randn(2, 16, 32, 32)).shape == (2, 10)
+
+
+def test_image_and_boundary_encoders_are_the_papers():
+    learner = wrap(create("resnet32"), 4, context="R1E")
+    bridge = learner.bridges[1]
+    image = [
+        m
+        for m in bridge.image
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d))
+    ]
+    assert [type(m).__name__ for m in image] == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "AdaptiveAvgPool2d",
+    ]
+    assert (image[0].in_channels, image[0].out_channels, image[0].kernel_size) == (3, 12, (3, 3))
+    assert image[0].bias is not None
+    (encoder,) = bridge.recent
+    conv = next(m for m in encoder if isinstance(m, nn.Conv2d))
+    assert conv.kernel_size == (1, 1) and conv.bias is not None
+
+
+def segment_input(learner, x, j):
+    """A thunk building segment j's input: everything before is detached, its bridge live."""
+    inputs, h = [], x
+    for k in range(j):
+        out = learner.segments[k](h).detach()
+        sources = [x if i < 0 else inputs[i] for i in recent_sources(k, learner.context.recent)]
+        if k == j - 1:
+            return lambda: learner.bridges[k](out, sources, x)
+        h = learner.bridges[k](out, sources, x)
+        inputs.append(h.detach())
+    return lambda: x
+
+
+@pytest.mark.parametrize("mode", ["R0", "E", "R2E"])
+def test_gradient_isolation(mode):
+    """After local_backward, segment j's gradients are those of its own loss alone."""
+    torch.manual_seed(0)
+    learner = wrap(create("resnet20"), 4, context=mode)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    learner.zero_grad()
+    learner.local_backward(x, y)
+    recorded = {n: p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None}
+    for j in range(learner.k):
+        owned = {f"network.segments.{j}.", f"heads.{j}.", f"network.bridges.{j - 1}."}
+        learner.zero_grad(set_to_none=True)
+        out = learner.segments[j](segment_input(learner, x, j)())
+        last = j == learner.k - 1
+        loss = F.cross_entropy(out, y) if last else learner.local_loss_of(j, out, y, None)
+        loss.backward()
+        for name, p in learner.named_parameters():
+            mine = any(name.startswith(prefix) for prefix in owned)
+            if mine and p.grad is not None:
+                assert torch.equal(p.grad, recorded[name]), name
+            elif not mine:
+                assert p.grad is None, f"segment {j}'s loss reached {name}"
+    # Later segments cannot change earlier gradients: scramble them and look again.
+    with torch.no_grad():
+        for p in learner.segments[-1].parameters():
+            p.mul_(-3.0)
+    learner.zero_grad()
+    learner.local_backward(x, y)
+    for name, p in learner.named_parameters():
+        if name.startswith(("network.segments.0.", "heads.0.")):
+            assert torch.equal(p.grad, recorded[name]), name
+
+
+def test_memory_peak_is_one_segment_not_the_sum():
+    model = create("resnet56", num_classes=10)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    with SavedTensorTracker(model.parameters()) as e2e:
+        F.cross_entropy(model(x), y).backward()
+    learner = wrap(model, 8, context="R1E")
+    with SavedTensorTracker(learner.parameters()) as local:
+        learner.local_backward(x, y)
+    assert local.current_bytes == 0  # every graph was freed
+    # The largest single step: segment j with its head and its input bridge, alone.
+    steps = []
+    for j in range(learner.k):
+        make_input = segment_input(learner, x, j)
+        with SavedTensorTracker(learner.parameters()) as one:
+            out = learner.segments[j](make_input())
+            last = j == learner.k - 1
+            loss = F.cross_entropy(out, y) if last else learner.local_loss_of(j, out, y, None)
+            loss.backward()
+        steps.append(one.peak_bytes)
+    assert max(steps) <= local.peak_bytes <= 1.05 * max(steps)
+    assert local.peak_bytes < 0.5 * e2e.peak_bytes
+
+
+def test_export_is_a_standalone_copy_with_identical_outputs():
+    learner = wrap(create("resnet20"), 4, context="R1E").eval()
+    x = torch.randn(2, 3, 32, 32)
+    net = learner.export()
+    with torch.no_grad():
+        assert torch.equal(net(x), learner(x))
+    assert not any(
+        isinstance(m, type(learner.heads[0])) and m in list(net.modules()) for m in learner.heads
+    )
+    assert {id(p) for p in net.parameters()}.isdisjoint(id(p) for p in learner.parameters())
+
+
+def test_decoder_loss_weights_interpolate():
+    learner = wrap(create("resnet20"), 5, decoder=[5, 0, 0.5, 1])
+    assert learner.loss_weights == [(5.0, 0.0), (3.5, 1 / 3), (2.0, 2 / 3), (0.5, 1.0)]
+    assert len(learner.decoders) == 4
+    step = learner.local_backward(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert all(torch.isfinite(torch.tensor(step.losses)))
+    assert all(p.grad is not None for p in learner.decoders[0].parameters())
+
+
+def test_supervised_contrastive_matches_its_definition():
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 5), torch.tensor([0, 1, 0, 1, 2, 0])
+    n = F.normalize(z, dim=1)
+    terms = []
+    for i, j in itertools.product(range(6), range(6)):
+        if i != j and y[i] == y[j]:
+            denominator = sum(torch.exp(n[i] @ n[a] / 0.07) for a in range(6) if a != i)
+            terms.append((i, torch.log(torch.exp(n[i] @ n[j] / 0.07) / denominator)))
+    per_anchor = [
+        torch.stack([t for a, t in terms if a == i]).mean()
+        for i in range(6)
+        if any(a == i for a, _ in terms)
+    ]
+    expected = -torch.stack(per_anchor).mean()
+    assert torch.allclose(supervised_contrastive(z, y), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"context": "R1X"}, "unknown context mode"),
+        ({"head": "1c0f"}, "unknown head"),
+        ({"head": "big"}, "unknown head"),
+        ({"local_loss": "mse"}, "unknown local loss"),
+        ({"decoder": [1, 2]}, "four loss scales"),
+        ({"k": 100}, "between 1 and"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    kwargs = {"k": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        wrap(create("resnet20"), **kwargs)
+
+
+def test_wrap_is_exported_at_top_level():
+    assert contsup.wrap is wrap
+    assert parse_head("1c2f") == (1, 2)
