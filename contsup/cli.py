@@ -84,6 +84,9 @@ def split(
     max_boundary_tensors: Annotated[
         int, typer.Option(help="allow cuts where this many tensors cross")
     ] = 1,
+    context: Annotated[
+        str | None, typer.Option(help="also report the bridges of this context mode, e.g. R1E")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     save: Annotated[Path | None, typer.Option(help="write the plan as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="save a cost-along-depth plot (PNG)")] = None,
@@ -116,6 +119,8 @@ def split(
 
             plot_costs(analysis, part, plot, title=f"{model}: K={k} by {objective}")
         summary = split_summary(model, part)
+        if context is not None:
+            add_bridge_overhead(summary, net, part, x, context)
         if as_json:
             print(json.dumps(summary))
         else:
@@ -144,10 +149,39 @@ def split_summary(model: str, part) -> dict:
     }
 
 
+def add_bridge_overhead(summary: dict, model, part, x, context: str) -> None:
+    """Add each boundary's bridge parameters and FLOPs; bridge k feeds segment k+1."""
+    import torch
+
+    from contsup.context import parse_context
+    from contsup.geometry import geometry_of, image_geometry
+    from contsup.learner import build_bridges, recent_sources
+    from partitioner.cost import count_flops
+
+    try:
+        mode = parse_context(context)
+        geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    with torch.device("meta"):
+        bridges = build_bridges(geometries, image_geometry(x), mode)
+    image = torch.empty(x.shape, device="meta")
+    boundaries = [torch.empty(b.tensors[0].shape, device="meta") for b in part.boundaries]
+    summary["context"] = str(mode)
+    summary["segments"][0].update(bridge_params=0, bridge_flops=0)
+    for k, bridge in enumerate(bridges):
+        sources = [image if i < 0 else boundaries[i] for i in recent_sources(k, mode.recent)]
+        summary["segments"][k + 1].update(
+            bridge_params=sum(p.numel() for p in bridge.parameters()),
+            bridge_flops=count_flops(bridge, boundaries[k], sources, image),
+        )
+
+
 def print_split_table(summary: dict, part, batch_size: int) -> None:
     table = Table(
         title=f"{summary['model']} in {summary['k']} segments, balanced by {summary['objective']}"
     )
+    with_bridges = "context" in summary
     columns = (
         "#",
         "first node",
@@ -155,6 +189,7 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
         "params",
         "GFLOPs/img",
         f"act. MiB @{batch_size}",
+        *(("bridge params", "bridge GFLOPs/img") if with_bridges else ()),
         "output",
     )
     for column in columns:
@@ -175,9 +210,22 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
             f"{row['params']:,}",
             f"{row['flops'] / batch_size / 1e9:.3f}",
             f"{row['activation_bytes'] / 2**20:.2f}",
+            *(
+                (f"{row['bridge_params']:,}", f"{row['bridge_flops'] / batch_size / 1e9:.4f}")
+                if with_bridges
+                else ()
+            ),
             output,
         )
     stdout.print(table)
+    if with_bridges:
+        rows = summary["segments"]
+        params = sum(r["bridge_params"] for r in rows) / sum(r["params"] for r in rows)
+        flops = sum(r["bridge_flops"] for r in rows) / sum(r["flops"] for r in rows)
+        stdout.print(
+            f"context {summary['context']}: bridges add {params:.1%} parameters and "
+            f"{flops:.1%} forward FLOPs to the backbone"
+        )
     stdout.print(
         f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
         "forward FLOPs per image (training ~3x); activation = bytes saved for backward"

@@ -29,7 +29,7 @@ from contsup.geometry import Geometry, geometry_of, image_geometry
 from contsup.heads import ReconstructionDecoder, build_head, parse_head
 from contsup.losses import head_outputs, local_loss_fn
 
-__all__ = ["LocalLearner", "LocalStep", "ContextNetwork", "wrap"]
+__all__ = ["LocalLearner", "LocalStep", "ContextNetwork", "build_bridges", "wrap"]
 
 
 @dataclass
@@ -276,10 +276,10 @@ def wrap(
             raise ValueError("context supply needs single-tensor boundaries")
     geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
     image = image_geometry(x)
+    bridges = build_bridges(geometries, image, mode)
     width = max([getattr(model, "num_features", 0) or 0] + [g.channels for g in geometries])
     out_features = head_outputs(local_loss, classes)
     heads = [build_head(head, g, out_features, width) for g in geometries]
-    bridges = [_bridge(i, geometries, image, mode) for i in range(len(geometries))]
     decoders = [ReconstructionDecoder(g, image) for g in geometries] if decoder else []
     cfg = getattr(model, "pretrained_cfg", None) or {}
     channels = x.shape[1]
@@ -292,6 +292,18 @@ def wrap(
     return learner.to(device)
 
 
-def _bridge(k: int, geometries: list[Geometry], image: Geometry, mode: ContextMode) -> Bridge:
-    recent = [image if i < 0 else geometries[i] for i in recent_sources(k, mode.recent)]
-    return Bridge(geometries[k], recent, image if mode.image else None)
+def build_bridges(
+    geometries: Sequence[Geometry], image: Geometry, mode: ContextMode
+) -> list[Bridge]:
+    """One bridge per boundary, reading what ``mode`` supplies there.
+
+    Example::
+
+        bridges = build_bridges([geometry_of(b.tensors[0], model) for b in part.boundaries],
+                                image_geometry(x), parse_context("R1E"))
+    """
+    bridges = []
+    for k, target in enumerate(geometries):
+        recent = [image if i < 0 else geometries[i] for i in recent_sources(k, mode.recent)]
+        bridges.append(Bridge(target, recent, image if mode.image else None))
+    return bridges

@@ -222,6 +222,10 @@ def train(
         try:
             learner.load_state_dict(state["learner"])
             optimizer.load_state_dict(state["optimizer"])
+            for param, slot in optimizer.state.items():
+                buffer = slot.get("momentum_buffer")
+                if buffer is not None and buffer.shape != param.shape:
+                    raise ValueError("optimizer state does not match the parameters")
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"{checkpoint_path} does not fit this model: {error}") from error
         _set_rng_state(state["rng"], generator)

@@ -35,7 +35,14 @@ from torch.utils.flop_counter import flop_registry
 
 from partitioner.errors import InputSizeError
 
-__all__ = ["TRAINING_FLOPS_MULTIPLIER", "NodeCost", "GraphProfile", "profile", "measure_node_times"]
+__all__ = [
+    "TRAINING_FLOPS_MULTIPLIER",
+    "NodeCost",
+    "GraphProfile",
+    "count_flops",
+    "profile",
+    "measure_node_times",
+]
 
 TRAINING_FLOPS_MULTIPLIER = 3
 """Forward + backward FLOPs of a training step relative to the forward alone."""
@@ -75,6 +82,20 @@ class _FlopCounter(TorchDispatchMode):
         if formula is not None:
             self.total += formula(*args, **kwargs, out_val=out)
         return out
+
+
+def count_flops(fn, *args, **kwargs) -> int:
+    """Forward FLOPs of ``fn(*args, **kwargs)``; works on meta tensors.
+
+    Example::
+
+        >>> count_flops(torch.nn.Linear(4, 8), torch.empty(3, 4, device="meta"))
+        192
+    """
+    counter = _FlopCounter()
+    with counter, torch.no_grad():
+        fn(*args, **kwargs)
+    return counter.total
 
 
 class _ProfilingInterpreter(fx.Interpreter):

@@ -20,7 +20,7 @@ from torch import nn
 from partitioner.balance import min_max_partition
 from partitioner.boundary import Boundary, TensorSpec, infer_layout
 from partitioner.cost import NodeCost, measure_node_times, profile
-from partitioner.cuts import Cut, cut_candidates, node_key
+from partitioner.cuts import Cut, cut_candidates, node_key, tensor_count
 from partitioner.errors import PartitionError
 from partitioner.split import Segment, segment_graphs
 from partitioner.trace import trace
@@ -185,7 +185,11 @@ class Analysis:
         ] + [output_value]
         result = []
         for (a, b), segment, end in zip(zip(bounds, bounds[1:]), segments, ends):
-            ops = [n for n in nodes[a + 1 : b + 1] if n.op.startswith("call_")]
+            ops = [  # the ops that compute tensors, not asserts or shape arithmetic
+                n
+                for n in nodes[a + 1 : b + 1]
+                if n.op.startswith("call_") and tensor_count(self.train_values.get(n.name))
+            ]
             costs = [self.costs[n.name] for n in nodes[a + 1 : b + 1]]
             result.append(
                 SegmentStats(

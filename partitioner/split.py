@@ -125,8 +125,11 @@ def _copy_attr(source: nn.Module, target: nn.Module, path: str) -> None:
         setattr(target, name, value)
 
 
-def _referenced_paths(graph: fx.Graph) -> set[str]:
-    return {n.target for n in graph.nodes if n.op in ("call_module", "get_attr")}
+def _referenced_paths(*graphs: fx.Graph) -> list[str]:
+    """Module and attribute paths in first-use order (a set would order them by hash,
+    which changes between processes and with it the order of ``parameters()``)."""
+    paths = (n.target for g in graphs for n in g.nodes if n.op in ("call_module", "get_attr"))
+    return list(dict.fromkeys(paths))
 
 
 class Segment(nn.Module):
@@ -143,7 +146,7 @@ class Segment(nn.Module):
 
     def __init__(self, model: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph):
         super().__init__()
-        paths = _referenced_paths(train_graph) | _referenced_paths(eval_graph)
+        paths = _referenced_paths(eval_graph, train_graph)
         # Parents before children, so a leaf module is installed before anything below it.
         for path in sorted(paths, key=lambda p: p.count(".")):
             _copy_attr(model, self, path)

@@ -1,0 +1,145 @@
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from contsup.trainer import TrainConfig, TrainingDiverged, paper_lr, train
+
+FAST = dict(model="resnet20", k=2, context="E", dataset="digits", batch_size=128, lr=0.1,
+            warmup_epochs=0, device="cpu")  # fmt: skip
+
+
+def test_paper_schedule():
+    assert paper_lr(1, 160, 0.8) == pytest.approx(0.01)
+    assert paper_lr(11, 160, 0.8) == pytest.approx(0.4 * (1 + math.cos(math.pi * 11 / 160)))
+    assert paper_lr(160, 160, 0.8) == pytest.approx(0.0, abs=1e-12)
+    warm = [paper_lr(e, 160, 0.8) for e in range(1, 11)]
+    assert warm == sorted(warm)  # warm-up rises
+    cool = [paper_lr(e, 160, 0.8) for e in range(11, 161)]
+    assert cool == sorted(cool, reverse=True)
+    assert paper_lr(1, 5, 0.1, warmup_epochs=0) == pytest.approx(0.05 * (1 + math.cos(math.pi / 5)))
+
+
+def test_learns_digits(tmp_path):
+    summary = train(TrainConfig(**{**FAST, "k": 4, "batch_size": 64}, epochs=6, out=str(tmp_path)))
+    assert summary["test_accuracy"] >= 0.90
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == list(range(1, 7))
+    assert set(records[0]) == {"epoch", "train_loss", "segment_losses", "test_accuracy", "lr",
+                               "seconds", "images_per_s"}  # fmt: skip
+    assert len(records[0]["segment_losses"]) == 4
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,test_accuracy,lr") and "loss_segment_3" in header
+
+
+def run_cli(out, *extra, wait=True):
+    args = [sys.executable, "-m", "contsup.cli", "train", "resnet20", "--k", "2", "--context", "E",
+            "--dataset", "digits", "--batch-size", "128", "--lr", "0.1", "--warmup-epochs", "0",
+            "--device", "cpu", "--epochs", "3", "--out", str(out), "--json", *extra]  # fmt: skip
+    if wait:
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def without_timing(path):
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        del r["seconds"], r["images_per_s"]
+    return records
+
+
+def test_kill_and_resume_gives_the_same_metrics(tmp_path):
+    whole = run_cli(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    assert json.loads(whole.stdout.splitlines()[-1])["epochs"] == 3
+
+    victim = run_cli(tmp_path / "killed", wait=False)
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into epoch 2
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert load_checkpoint(checkpoint)["epoch"] in (1, 2)
+    assert not list((tmp_path / "killed").glob(".*tmp"))
+
+    resumed = run_cli(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(tmp_path / "killed" / "metrics.jsonl") == without_timing(
+        tmp_path / "whole" / "metrics.jsonl"
+    )
+
+
+def test_nan_loss_stops_with_segment_and_step(tmp_path, monkeypatch):
+    import contsup.trainer as trainer
+
+    real_build = trainer.build
+
+    def poisoned_build(config):
+        learner, data, device = real_build(config)
+        calls = []
+
+        def poison(module, inputs, output):
+            calls.append(1)
+            return output * float("nan") if len(calls) == 3 else output
+
+        learner.segments[1].register_forward_hook(poison)
+        return learner, data, device
+
+    monkeypatch.setattr(trainer, "build", poisoned_build)
+    config = TrainConfig(**FAST, epochs=1, out=str(tmp_path))
+    with pytest.raises(TrainingDiverged, match=r"loss of segment 1 became nan at epoch 1, step 3;"):
+        train(config)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"precious")
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        train(TrainConfig(**FAST, epochs=1, out=str(tmp_path)))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"precious"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        train(TrainConfig(**FAST, epochs=1, out=str(tmp_path)), resume=True)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    train(TrainConfig(**FAST, epochs=1, out=str(tmp_path)))
+    with pytest.raises(CheckpointError, match="different run: k was 2, now 3"):
+        train(TrainConfig(**{**FAST, "k": 3}, epochs=2, out=str(tmp_path)), resume=True)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"version": 1, "value": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"version": 1, "value": Unpicklable()}, path)
+    assert load_checkpoint(path)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_bf16_autocast_step_runs():
+    from contsup.learner import wrap
+    from tests.conftest import create
+
+    learner = wrap(create("resnet20"), 3, context="R1E")
+    step = learner.local_backward(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)),
+                                  autocast=torch.bfloat16)  # fmt: skip
+    assert all(math.isfinite(v) for v in step.losses)
