@@ -14,6 +14,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 demo: $(INSTALLED)
 	$(BIN)/contsup split resnet110 --k 16
+	$(BIN)/contsup train --recipe recipes/digits.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(INSTALLED) lint docs
 	$(BIN)/python -m pytest -q

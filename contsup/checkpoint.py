@@ -14,10 +14,12 @@ from typing import IO, Any
 
 import torch
 
+from contsup.errors import ContsupError
+
 __all__ = ["CheckpointError", "write_text_atomic", "save_atomic", "load_checkpoint"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ContsupError):
     """A checkpoint that cannot be read or does not match the run."""
 
 

@@ -36,10 +36,11 @@ class UserError(Exception):
 @contextmanager
 def user_errors():
     import partitioner
+    from contsup.errors import ContsupError
 
     try:
         yield
-    except (UserError, partitioner.PartitionError) as error:
+    except (UserError, ContsupError, partitioner.PartitionError) as error:
         stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -302,9 +303,6 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
     import torch
     from rich.progress import BarColumn, Progress, TextColumn
 
-    import partitioner
-    from contsup.checkpoint import CheckpointError
-    from contsup.data import DataError
     from contsup.trainer import TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**values)
@@ -316,9 +314,13 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
     ):
         raise UserError(f"--device {config.device} asked for, but this machine has no CUDA GPU")
     report = stderr if as_json else stdout
-    progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
-                        console=stderr, transient=True)  # fmt: skip
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
+        console=stderr,
+        transient=True,
+    )
     task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
 
     def on_step(step, steps, losses, images_per_s):
@@ -338,12 +340,13 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
     except TrainingDiverged as error:
         stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except (DataError, CheckpointError, ValueError, partitioner.PartitionError) as error:
+    except ValueError as error:  # wrap's checks of context, head, loss and decoder
         raise UserError(str(error)) from error
     report.print(
         f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
-        f"run in {summary['out_dir']}", highlight=False,
-    )  # fmt: skip
+        f"run in {summary['out_dir']}",
+        highlight=False,
+    )
     return summary
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from contsup.errors import ContsupError
+
 __all__ = ["DATASETS", "DataError", "DatasetInfo", "Batches", "load_dataset"]
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -24,7 +26,7 @@ CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 HALF = (0.5, 0.5, 0.5)
 
 
-class DataError(ValueError):
+class DataError(ContsupError):
     """A dataset that is missing, malformed or unknown; the message says how to fix it."""
 
 
@@ -134,10 +136,14 @@ class LoaderBatches(Batches):
 
     def _loader(self, dataset, generator=None):
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=generator is not None,
-            generator=generator, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )  # fmt: skip
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def _batches(self, loader):
         for raw, labels in loader:
@@ -184,12 +190,20 @@ def _torchvision(name: str, root: Path, download: bool):
             cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
             train, test = (cls(root, train=t, download=download) for t in (True, False))
             as_tensor = lambda d: torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-            return (as_tensor(train), torch.tensor(train.targets), as_tensor(test),
-                    torch.tensor(test.targets))  # fmt: skip
+            return (
+                as_tensor(train),
+                torch.tensor(train.targets),
+                as_tensor(test),
+                torch.tensor(test.targets),
+            )
         if name == "svhn":
             train, test = (tvd.SVHN(root, split=s, download=download) for s in ("train", "test"))
-            return (torch.from_numpy(train.data), torch.from_numpy(train.labels).long(),
-                    torch.from_numpy(test.data), torch.from_numpy(test.labels).long())  # fmt: skip
+            return (
+                torch.from_numpy(train.data),
+                torch.from_numpy(train.labels).long(),
+                torch.from_numpy(test.data),
+                torch.from_numpy(test.labels).long(),
+            )
     except RuntimeError as error:
         if "not found" not in str(error) and "corrupted" not in str(error):
             raise
@@ -249,8 +263,9 @@ def parse_dataset(name: str) -> tuple[DatasetInfo, str]:
             raise DataError(f"imagefolder: {path} is not a directory")
         train = path / "train"
         classes = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
-        info = DatasetInfo(name, len(classes), (3, 224, 224), (0.485, 0.456, 0.406),
-                           (0.229, 0.224, 0.225), 0, True)  # fmt: skip
+        info = DatasetInfo(
+            name, len(classes), (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True
+        )
         return info, str(path)
     if name.startswith("synthetic:"):
         try:

@@ -284,10 +284,16 @@ def wrap(
     cfg = getattr(model, "pretrained_cfg", None) or {}
     channels = x.shape[1]
     learner = LocalLearner(
-        part, heads, bridges, decoders,
-        context=mode, local_loss=local_loss, loss_weights=weights,
-        mean=cfg.get("mean", (0.5,) * channels), std=cfg.get("std", (0.5,) * channels),
-    )  # fmt: skip
+        part,
+        heads,
+        bridges,
+        decoders,
+        context=mode,
+        local_loss=local_loss,
+        loss_weights=weights,
+        mean=cfg.get("mean", (0.5,) * channels),
+        std=cfg.get("std", (0.5,) * channels),
+    )
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
 

@@ -23,12 +23,13 @@ from typing import Any
 
 import yaml
 
+from contsup.errors import ContsupError
 from contsup.trainer import TrainConfig
 
 __all__ = ["RecipeError", "Recipe", "load_recipe", "check_fields"]
 
 
-class RecipeError(ValueError):
+class RecipeError(ContsupError):
     """A recipe file that cannot be used; the message names the file and the field."""
 
 

@@ -64,9 +64,25 @@ class TrainConfig:
     out: str | None = None
 
     # Changing these between a checkpoint and its resume would make a different run.
-    IDENTITY = ("model", "k", "context", "head", "local_loss", "decoder", "objective",
-                "model_kwargs", "dataset", "epochs", "batch_size", "lr", "momentum",
-                "nesterov", "weight_decay", "warmup_epochs", "seed")  # fmt: skip
+    IDENTITY = (
+        "model",
+        "k",
+        "context",
+        "head",
+        "local_loss",
+        "decoder",
+        "objective",
+        "model_kwargs",
+        "dataset",
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "warmup_epochs",
+        "seed",
+    )
 
     def out_dir(self) -> Path:
         name = f"{self.model}-k{self.k}-{self.context}-{self.dataset.replace(':', '_')}"
@@ -166,9 +182,16 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     )
     model.to(device)
     example = torch.zeros(2, *data.info.image_size, device=device)
-    learner = wrap(model, config.k, context=config.context, local_loss=config.local_loss,
-                   head=config.head, decoder=config.decoder, objective=config.objective,
-                   example_input=example)  # fmt: skip
+    learner = wrap(
+        model,
+        config.k,
+        context=config.context,
+        local_loss=config.local_loss,
+        head=config.head,
+        decoder=config.decoder,
+        objective=config.objective,
+        example_input=example,
+    )
     learner.mean.copy_(data.mean.view_as(learner.mean))
     learner.std.copy_(data.std.view_as(learner.std))
     if config.channels_last:

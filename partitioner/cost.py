@@ -85,11 +85,11 @@ class _FlopCounter(TorchDispatchMode):
 
 
 def count_flops(fn, *args, **kwargs) -> int:
-    """Forward FLOPs of ``fn(*args, **kwargs)``; works on meta tensors.
+    """Forward FLOPs of ``fn(*args, **kwargs)``; works on meta tensors too.
 
     Example::
 
-        >>> count_flops(torch.nn.Linear(4, 8), torch.empty(3, 4, device="meta"))
+        >>> count_flops(torch.nn.Linear(4, 8), torch.empty(3, 4))
         192
     """
     counter = _FlopCounter()

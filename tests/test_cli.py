@@ -116,3 +116,72 @@ def test_untraceable_model_exits_2(monkeypatch):
     result = run("split", "dynamic", "--k", "2")
     assert result.exit_code == 2
     assert "cannot trace module 'gate' (DataDependent)" in " ".join(result.output.split())
+
+
+def test_train_recipe_with_overrides_prints_json_last(tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "train",
+        "--recipe",
+        "recipes/digits.yaml",
+        "--epochs",
+        "1",
+        "--k",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 0 <= summary["test_accuracy"] <= 1
+    assert summary["epochs"] == 1 and summary["out_dir"] == str(out)
+    assert len(summary["segment_losses"]) == 2
+    assert (out / "checkpoint.pt").exists() and (out / "metrics.csv").exists()
+
+
+def test_train_multi_run_recipe_selects_a_run(tmp_path):
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(
+        "description: two runs\nmodel: resnet20\ndataset: digits\nepochs: 1\n"
+        f"batch_size: 256\ndevice: cpu\nout: {tmp_path / 'two'}\nruns:\n  - {{name: a, k: 2}}\n"
+        "  - {name: b, k: 3, context: R1}\n"
+    )
+    result = run(
+        "train", "--recipe", str(recipe), "--run", "b", "--json", "--data-dir", str(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["out_dir"].endswith("two/b") and len(summary["segment_losses"]) == 3
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "resnt20"], "unknown model 'resnt20'"),
+        (["train", "resnet20", "--context", "R1X"], "unknown context mode 'R1X'"),
+        (["train", "resnet20", "--head", "9x"], "unknown head '9x'"),
+        (["train", "resnet20", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (
+            ["train", "resnet20", "--dataset", "cifar10", "--data-dir", "/nonexistent/x"],
+            "pass --download",
+        ),
+        (["train", "resnet20", "--k", "99"], "between 1 and 14"),
+        (["train", "resnet20", "--amp", "fp16"], "--amp takes bf16"),
+        (["train", "resnet20", "--device", "cuda"], "no CUDA GPU"),
+        (["train", "--recipe", "recipes/digits.yaml", "--run", "x"], "no run named 'x'"),
+        (["train", "--recipe", "recipes/nope.yaml"], "cannot read recipe"),
+    ],
+)
+def test_train_user_errors_exit_2(args, message, tmp_path):
+    result = run(*args, "--out", str(tmp_path / "out"), "--epochs", "1")
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"keep me")
+    result = run("train", "resnet20", "--dataset", "digits", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "pass --resume" in result.output
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"keep me"

@@ -11,8 +11,16 @@ import torch
 from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from contsup.trainer import TrainConfig, TrainingDiverged, paper_lr, train
 
-FAST = dict(model="resnet20", k=2, context="E", dataset="digits", batch_size=128, lr=0.1,
-            warmup_epochs=0, device="cpu")  # fmt: skip
+FAST = dict(
+    model="resnet20",
+    k=2,
+    context="E",
+    dataset="digits",
+    batch_size=128,
+    lr=0.1,
+    warmup_epochs=0,
+    device="cpu",
+)
 
 
 def test_paper_schedule():
@@ -32,17 +40,48 @@ def test_learns_digits(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in records] == list(range(1, 7))
-    assert set(records[0]) == {"epoch", "train_loss", "segment_losses", "test_accuracy", "lr",
-                               "seconds", "images_per_s"}  # fmt: skip
+    assert set(records[0]) == {
+        "epoch",
+        "train_loss",
+        "segment_losses",
+        "test_accuracy",
+        "lr",
+        "seconds",
+        "images_per_s",
+    }
     assert len(records[0]["segment_losses"]) == 4
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,test_accuracy,lr") and "loss_segment_3" in header
 
 
 def run_cli(out, *extra, wait=True):
-    args = [sys.executable, "-m", "contsup.cli", "train", "resnet20", "--k", "2", "--context", "E",
-            "--dataset", "digits", "--batch-size", "128", "--lr", "0.1", "--warmup-epochs", "0",
-            "--device", "cpu", "--epochs", "3", "--out", str(out), "--json", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "contsup.cli",
+        "train",
+        "resnet20",
+        "--k",
+        "2",
+        "--context",
+        "E",
+        "--dataset",
+        "digits",
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.1",
+        "--warmup-epochs",
+        "0",
+        "--device",
+        "cpu",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
     if wait:
         return subprocess.run(args, capture_output=True, text=True, timeout=300)
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,6 +179,7 @@ def test_bf16_autocast_step_runs():
     from tests.conftest import create
 
     learner = wrap(create("resnet20"), 3, context="R1E")
-    step = learner.local_backward(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)),
-                                  autocast=torch.bfloat16)  # fmt: skip
+    step = learner.local_backward(
+        torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), autocast=torch.bfloat16
+    )
     assert all(math.isfinite(v) for v in step.losses)

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+import timm
+
+from contsup.context import parse_context
+from contsup.data import parse_dataset
+from contsup.heads import parse_head
+from contsup.recipes import RecipeError, load_recipe
+from contsup.trainer import TrainConfig
+
+RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+
+
+def test_every_paper_experiment_has_a_recipe():
+    names = {p.stem for p in RECIPES}
+    assert {
+        "digits",
+        "t1_resnet32_k16_cifar10",
+        "t2_resnet32_cifar10",
+        "t3_resnet110_cifar10",
+        "t3_resnet110_svhn",
+        "t3_resnet110_stl10",
+        "t4_resnet32_cifar10",
+        "memory_balanced_e_star",
+        "timm_resnet18",
+        "timm_vit_tiny",
+        "timm_convnext_atto",
+    } <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_is_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.description
+    for _, overrides in recipe.runs:
+        config = TrainConfig(**{**recipe.base, **overrides})
+        assert timm.is_model(config.model)
+        parse_context(config.context)
+        parse_head(config.head)
+        parse_dataset(config.dataset)
+        assert config.decoder is None or len(config.decoder) == 4
+
+
+def test_paper_tables_match_paper_md():
+    t3 = load_recipe(Path("recipes/t3_resnet110_stl10.yaml"))
+    assert t3.base["batch_size"] == 128 and t3.base["lr"] == 0.1
+    assert dict(t3.runs)["K4"]["decoder"] == [20, 0.2, 5, 2]
+    t1 = load_recipe(Path("recipes/t1_resnet32_k16_cifar10.yaml"))
+    assert [o["context"] for _, o in t1.runs] == ["R0", "E", "R1", "R1E"]
+    t4 = load_recipe(Path("recipes/t4_resnet32_cifar10.yaml"))
+    assert len(t4.runs) == 10
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("epoch: 3\n", "unknown field 'epoch' \\(did you mean 'epochs'\\?\\)"),
+        ("k: four\n", "field 'k' must be int, got 'four'"),
+        ("lr: [1]\n", "field 'lr' must be float"),
+        ("decoder: [1, x]\n", "field 'decoder' must be list"),
+        ("runs: [{context: E}]\n", "runs\\[0\\] must be a mapping with a 'name'"),
+        ("runs: [{name: a, kk: 2}]\n", "runs\\[0\\] \\(a\\): unknown field 'kk'"),
+        ("runs: [{name: a}, {name: a}]\n", "unique"),
+        ("- just\n- a list\n", "a recipe is a mapping"),
+        ("k: [\n", "not valid YAML"),
+    ],
+)
+def test_malformed_recipe_names_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(RecipeError, match="cannot read recipe"):
+        load_recipe(tmp_path / "nope.yaml")
