@@ -6,6 +6,8 @@ Encoders follow the paper exactly for feature maps:
   -> AdaptiveAvgPool2d(H x W), on the full-resolution image;
 * earlier boundary (``Rn``): Conv1x1(C_in->C, bias) -> BN -> ReLU -> AdaptiveAvgPool2d(H x W).
 
+The pooling takes its cheapest exact form (``pool_to``).
+
 Other layouts pass through ``ToMap``/``FromMap``. The learner decides what is
 detached; a bridge only adds.
 """
@@ -19,21 +21,38 @@ from torch import nn
 
 from contsup.geometry import FromMap, Geometry, ToMap
 
-__all__ = ["ImageEncoder", "BoundaryEncoder", "Bridge"]
+__all__ = ["ImageEncoder", "BoundaryEncoder", "Bridge", "pool_to"]
+
+
+def pool_to(source: Geometry, target: Geometry) -> nn.Module:
+    """AdaptiveAvgPool2d from source's H x W to target's, in its cheapest exact form.
+
+    Equal sizes need no pooling and whole-number ratios are plain average pooling
+    (the same windows); only other ratios need the adaptive kernel, which is
+    several times slower on CPU.
+    """
+    size = (source.height, source.width)
+    out = (target.height, target.width)
+    if size == out:
+        return nn.Identity()
+    if size[0] % out[0] == 0 and size[1] % out[1] == 0:
+        ratio = (size[0] // out[0], size[1] // out[1])
+        return nn.AvgPool2d(ratio, ratio)
+    return nn.AdaptiveAvgPool2d(out)
 
 
 class ImageEncoder(nn.Sequential):
     """The ``E`` encoder: raw image -> a tensor shaped like the boundary."""
 
-    def __init__(self, image_channels: int, target: Geometry, hidden: int = 12):
+    def __init__(self, image: Geometry, target: Geometry, hidden: int = 12):
         super().__init__(
-            nn.Conv2d(image_channels, hidden, 3, padding=1, bias=True),
+            nn.Conv2d(image.channels, hidden, 3, padding=1, bias=True),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, target.channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(target.channels),
             nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d((target.height, target.width)),
+            pool_to(image, target),
             FromMap(target),
         )
 
@@ -47,7 +66,7 @@ class BoundaryEncoder(nn.Sequential):
             nn.Conv2d(source.channels, target.channels, 1, bias=True),
             nn.BatchNorm2d(target.channels),
             nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d((target.height, target.width)),
+            pool_to(source, target),
             FromMap(target),
         )
 
@@ -68,7 +87,7 @@ class Bridge(nn.Module):
     def __init__(self, target: Geometry, recent: Sequence[Geometry], image: Geometry | None):
         super().__init__()
         self.recent = nn.ModuleList(BoundaryEncoder(g, target) for g in recent)
-        self.image = ImageEncoder(image.channels, target) if image is not None else None
+        self.image = ImageEncoder(image, target) if image is not None else None
 
     def forward(self, h: torch.Tensor, recent: Sequence[torch.Tensor], image: torch.Tensor):
         for encoder, context in zip(self.recent, recent, strict=True):

@@ -1,7 +1,8 @@
-"""The ``contsup`` command line: ``split`` and ``models``.
+"""The ``contsup`` command line: ``split``, ``train``, ``bench`` and ``models``.
 
 User errors (unknown model, bad K, an input size the model rejects, a model fx
-cannot trace) print one sentence and exit with code 2, never a traceback.
+cannot trace, missing data, a bad recipe, a corrupt checkpoint) print one
+sentence and exit with code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import difflib
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -55,12 +57,14 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model '{name}'{hint}")
 
 
-def create_model(name: str):
+def create_model(name: str, *, meta: bool = True):
     """A timm model by name, built on the meta device when it allows (no memory, no init)."""
     import timm
     import torch
 
     check_model_name(name)
+    if not meta:
+        return timm.create_model(name)
     try:
         with torch.device("meta"):
             return timm.create_model(name)
@@ -103,9 +107,7 @@ def split(
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
         partitioner.check_objective(objective)
-        net = create_model(model)
-        if objective == "time" and next(net.parameters()).device.type == "meta":
-            net = net.to_empty(device="cpu")
+        net = create_model(model, meta=objective != "time")  # timing needs real weights
         size = tuple(input_size or net.pretrained_cfg["input_size"])
         device = next(net.parameters(), torch.empty(0)).device
         x = torch.zeros((batch_size, *size), device=device)
@@ -171,6 +173,7 @@ def add_bridge_overhead(summary: dict, model, part, x, context: str) -> None:
     summary["context"] = str(mode)
     summary["segments"][0].update(bridge_params=0, bridge_flops=0)
     for k, bridge in enumerate(bridges):
+        # Bridges read augmented boundaries, which have the boundaries' shapes.
         sources = [image if i < 0 else boundaries[i] for i in recent_sources(k, mode.recent)]
         summary["segments"][k + 1].update(
             bridge_params=sum(p.numel() for p in bridge.parameters()),
@@ -348,6 +351,135 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
         highlight=False,
     )
     return summary
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{option} takes integers >= 1, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="timm model name")],
+    k: Annotated[str, typer.Option("--k", help="segment counts, comma-separated")] = "2,4,8,16",
+    context: Annotated[str, typer.Option(help="context modes, comma-separated")] = "R0,E,R1,R1E",
+    batch_size: Annotated[int, typer.Option()] = 128,
+    input_size: Annotated[
+        tuple[int, int, int] | None, typer.Option(help="C H W (default: the model's own)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    steps: Annotated[int, typer.Option(help="timed steps per configuration")] = 5,
+    num_classes: Annotated[int, typer.Option(help="classes of the synthetic labels")] = 10,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="last stdout line is one JSON object")
+    ] = False,
+) -> None:
+    """Measure peak memory and speed of local learning against e2e and checkpointing."""
+    with user_errors():
+        import timm
+        import torch
+
+        from contsup.bench import run_bench
+        from contsup.context import parse_context
+
+        ks = _int_list(k, "--k")
+        try:
+            contexts = [str(parse_context(c)) for c in context.split(",")]
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        if batch_size < 2 or steps < 1:
+            raise UserError("--batch-size must be at least 2 and --steps at least 1")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU")
+        check_model_name(model)
+        size = tuple(
+            input_size or timm.create_model(model, pretrained=False).pretrained_cfg["input_size"]
+        )
+        report = stderr if as_json else stdout
+
+        def on_row(row):
+            report.print(
+                f"{row.mode:10s} k={row.k:<3d} {row.context or '-':5s} "
+                f"peak {row.peak_bytes / 2**20:9.1f} MiB  "
+                f"predicted {row.predicted_peak_bytes / 2**20:9.1f} MiB  "
+                f"{row.step_time_s * 1e3:8.1f} ms/step",
+                highlight=False,
+            )
+
+        def make_model():
+            return timm.create_model(model, num_classes=num_classes)
+
+        try:
+            rows = run_bench(
+                make_model,
+                ks=ks,
+                contexts=contexts,
+                batch_size=batch_size,
+                input_size=size,
+                num_classes=num_classes,
+                device=device,
+                steps=steps,
+                on_row=on_row,
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        result = {
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+            "torch": torch.__version__,
+            "model": model,
+            "batch_size": batch_size,
+            "input_size": list(size),
+            "rows": [asdict(r) for r in rows],
+        }
+        if as_json:
+            print(json.dumps(result))
+        else:
+            print_bench_table(result)
+
+
+def print_bench_table(result: dict) -> None:
+    rows = result["rows"]
+    e2e = next(r for r in rows if r["mode"] == "e2e")
+    table = Table(
+        title=f"{result['model']}, batch {result['batch_size']}, {result['device']}, "
+        f"torch {result['torch']}"
+    )
+    for column in (
+        "mode",
+        "K",
+        "context",
+        "peak MiB",
+        "x e2e",
+        "activation MiB",
+        "predicted MiB",
+        "ms/step",
+        "x e2e ",
+        "images/s",
+    ):
+        table.add_column(column, justify="left" if column in ("mode", "context") else "right")
+    for r in rows:
+        table.add_row(
+            r["mode"],
+            str(r["k"]),
+            r["context"] or "-",
+            f"{r['peak_bytes'] / 2**20:.1f}",
+            f"{r['peak_bytes'] / e2e['peak_bytes']:.2f}",
+            f"{r['activation_bytes'] / 2**20:.1f}",
+            f"{r['predicted_peak_bytes'] / 2**20:.1f}",
+            f"{r['step_time_s'] * 1e3:.1f}",
+            f"{r['step_time_s'] / e2e['step_time_s']:.2f}",
+            f"{r['images_per_s']:.0f}",
+        )
+    stdout.print(table)
+    stdout.print(
+        "peak = activation + parameters, gradients and optimizer state"
+        + ("; CPU activation = bytes saved for backward" if result["device"] == "cpu" else "")
+    )
 
 
 @app.command()

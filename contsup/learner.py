@@ -71,14 +71,17 @@ class ContextNetwork(nn.Module):
         self.context = str(context)
         self.recent = context.recent
 
+    def sources(self, k: int, inputs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        """What boundary ``k``'s bridge reads: earlier boundary inputs, or the image."""
+        return [x if i < 0 else inputs[i] for i in recent_sources(k, self.recent)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs: list[torch.Tensor] = []
         h = x
         for k, segment in enumerate(self.segments):
             out = segment(h)
             if k < len(self.bridges):
-                sources = [x if i < 0 else inputs[i] for i in recent_sources(k, self.recent)]
-                h = self.bridges[k](out, sources, x)
+                h = self.bridges[k](out, self.sources(k, inputs, x), x)
                 inputs.append(h)
         return out
 
@@ -194,9 +197,7 @@ class LocalLearner(nn.Module):
             loss.backward()
             losses.append(loss.detach())
             if not last:
-                sources = [
-                    x if i < 0 else inputs[i] for i in recent_sources(k, self.context.recent)
-                ]
+                sources = self.network.sources(k, inputs, x)
                 with cast:
                     # Everything read is detached: the bridge learns from the next loss only.
                     h = self.bridges[k](out.detach(), sources, x)
@@ -208,9 +209,13 @@ def _default_input(model: nn.Module) -> torch.Tensor:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" not in cfg:
         raise ValueError("pass example_input: the model has no timm pretrained_cfg input_size")
+    channels, *size = cfg["input_size"]
+    # Models built with another img_size (a ViT at 32x32) keep the default cfg's size;
+    # their patch embedding knows the real one.
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None) or size
     device = next(model.parameters()).device
     # Batch 2: batch norm refuses to train on one value per channel.
-    return torch.zeros(2, *cfg["input_size"], device=device)
+    return torch.zeros(2, channels, *size, device=device)
 
 
 def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tuple[float, float]]:

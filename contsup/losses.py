@@ -30,13 +30,10 @@ def supervised_contrastive(
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     counts = positives.sum(1)
-    has_positive = counts > 0
-    if not has_positive.any():
-        return features.sum() * 0.0
-    mean_log_prob = (
-        log_prob.masked_fill(~positives, 0.0).sum(1)[has_positive] / counts[has_positive]
-    )
-    return -mean_log_prob.mean()
+    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1) / counts.clamp(min=1)
+    # Anchors without a positive weigh nothing; no data-dependent branch, so no device sync.
+    has_positive = (counts > 0).to(per_anchor.dtype)
+    return -(per_anchor * has_positive).sum() / has_positive.sum().clamp(min=1)
 
 
 def head_outputs(local_loss: str, num_classes: int) -> int:

@@ -164,3 +164,13 @@ class Segment(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         return self._forwards[self.training](self, *inputs)
+
+    def __getstate__(self) -> dict:
+        # Compiled functions do not pickle; the graphs do, and are compiled again on load.
+        state = dict(self.__dict__)
+        state.pop("_forwards")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._forwards = {mode: _compile(g) for mode, g in self._graphs.items()}

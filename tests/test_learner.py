@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import contsup
+from contsup.bridges import pool_to
 from contsup.context import ContextMode, parse_context
+from contsup.geometry import FromMap, Geometry
 from contsup.heads import build_head, parse_head
 from contsup.learner import recent_sources, wrap
 from contsup.losses import supervised_contrastive
@@ -96,8 +98,6 @@ def test_cifar_heads_are_the_papers():
     ],
 )
 def test_head_configs(config, convs, linears):
-    from contsup.geometry import Geometry
-
     head = build_head(config, Geometry("NCHW", 16, 32, 32), 10, width=64)
     assert sum(isinstance(m, nn.Conv2d) for m in head) == convs
     assert sum(isinstance(m, nn.Linear) for m in head) == linears
@@ -106,26 +106,25 @@ def test_head_configs(config, convs, linears):
 
 def test_image_and_boundary_encoders_are_the_papers():
     learner = wrap(create("resnet32"), 4, context="R1E")
-    bridge = learner.bridges[1]
-    image = [
-        m
-        for m in bridge.image
-        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d))
-    ]
+    bridge = learner.bridges[1]  # feeds a 32x16x16 boundary
+    image = [m for m in bridge.image if not isinstance(m, FromMap)]
     assert [type(m).__name__ for m in image] == [
-        "Conv2d",
-        "BatchNorm2d",
-        "ReLU",
-        "Conv2d",
-        "BatchNorm2d",
-        "ReLU",
-        "AdaptiveAvgPool2d",
-    ]
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "AvgPool2d"
+    ]  # fmt: skip
     assert (image[0].in_channels, image[0].out_channels, image[0].kernel_size) == (3, 12, (3, 3))
-    assert image[0].bias is not None
+    assert image[0].bias is not None and image[3].out_channels == 32
+    x = torch.randn(2, 3, 32, 32)
+    assert bridge.image(x).shape == (2, 32, 16, 16)
     (encoder,) = bridge.recent
     conv = next(m for m in encoder if isinstance(m, nn.Conv2d))
     assert conv.kernel_size == (1, 1) and conv.bias is not None
+
+
+@pytest.mark.parametrize("size,out", [(32, 32), (32, 16), (32, 8), (14, 7), (28, 7), (7, 3)])
+def test_pooling_is_adaptive_average_pooling(size, out):
+    pool = pool_to(Geometry("NCHW", 4, size, size), Geometry("NCHW", 4, out, out))
+    x = torch.randn(2, 4, size, size)
+    assert torch.allclose(pool(x), nn.AdaptiveAvgPool2d(out)(x), atol=1e-6)
 
 
 def segment_input(learner, x, j):
@@ -133,7 +132,7 @@ def segment_input(learner, x, j):
     inputs, h = [], x
     for k in range(j):
         out = learner.segments[k](h).detach()
-        sources = [x if i < 0 else inputs[i] for i in recent_sources(k, learner.context.recent)]
+        sources = learner.network.sources(k, inputs, x)
         if k == j - 1:
             return lambda: learner.bridges[k](out, sources, x)
         h = learner.bridges[k](out, sources, x)
@@ -256,3 +255,15 @@ def test_bad_arguments(kwargs, message):
 def test_wrap_is_exported_at_top_level():
     assert contsup.wrap is wrap
     assert parse_head("1c2f") == (1, 2)
+
+
+def test_exported_network_pickles_and_default_input_follows_img_size(tmp_path):
+    # A ViT built for 32x32 keeps timm's 224 default cfg; wrap must use 32x32.
+    learner = wrap(create("vit_tiny_patch16_224", img_size=32, num_classes=10), 3, context="R1E")
+    assert learner.partition.input_shape == (2, 3, 32, 32)
+    net = learner.eval().export()
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))

@@ -1,0 +1,249 @@
+"""Measure memory and speed of a training step: end-to-end, checkpointed, and local.
+
+One process, one model, one synthetic batch on the device; for each
+configuration a fresh copy of the model and its optimizer (SGD with momentum),
+a few warm-up steps, then timed steps.
+
+Memory of one training step:
+
+* CUDA: ``max_memory_allocated`` during the step, after a reset. Parameters,
+  gradients and optimizer state (``static_bytes``) are counted apart from the
+  rest (``activation_bytes``: everything else the step allocated at its peak,
+  minus the input batch).
+* CPU: the peak of bytes saved for backward (``SavedTensorTracker``), plus the
+  same static bytes. CPU allocators keep no usable high-water mark, so this is
+  the part of memory local learning changes, measured exactly.
+
+``predicted_peak_bytes`` is what the partitioner's meta-device analysis expects
+for the same configuration, before running anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import partitioner
+from contsup.learner import LocalLearner, wrap
+from contsup.memory import SavedTensorTracker
+
+__all__ = ["BenchRow", "run_bench"]
+
+
+@dataclass
+class BenchRow:
+    mode: str
+    k: int
+    context: str | None
+    peak_bytes: int
+    activation_bytes: int
+    static_bytes: int
+    step_time_s: float
+    images_per_s: float
+    predicted_peak_bytes: int
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def static_bytes(params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
+    """Parameters + their gradients + optimizer state."""
+    state = [v for s in optimizer.state.values() for v in s.values()]
+    return 2 * _nbytes(params) + _nbytes(state)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    step: Callable[[], None],
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    batch: Sequence[torch.Tensor],
+    *,
+    steps: int,
+    warmup: int = 2,
+) -> tuple[int, int, int, float]:
+    """(peak, activation, static) bytes of one step, and its median time in seconds."""
+    for _ in range(warmup):  # also creates the optimizer state
+        step()
+    _sync(device)
+    static = static_bytes(params, optimizer)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        activation = peak - static - _nbytes(batch)
+    else:
+        with SavedTensorTracker(params) as tracker:
+            step()
+        activation = tracker.peak_bytes
+        peak = activation + static
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return peak, activation, static, statistics.median(times)
+
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def _e2e_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def _checkpoint_step(part: partitioner.Partition, optimizer, x, y) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    # Reentrant checkpoints need an input that requires grad to reach the first segment.
+    h = x.detach().requires_grad_()
+    for segment in part.segments:
+        h = checkpoint(segment, h, use_reentrant=True)
+    F.cross_entropy(h, y).backward()
+    optimizer.step()
+
+
+def _local_step(learner: LocalLearner, optimizer, x, y) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    learner.local_backward(x, y)
+    optimizer.step()
+
+
+def _predict_checkpoint(part: partitioner.Partition, x: torch.Tensor) -> int:
+    """Backward recomputes segment k while the inputs of segments 0..k-1 are still kept."""
+    inputs = [_nbytes([x])] + [
+        _nbytes([torch.empty(b.shape, device="meta")]) for b in part.boundaries
+    ]
+    peak = max(sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats))
+    return peak + _predicted_static(list(part.parameters()))
+
+
+def _predicted_static(params: Sequence[torch.Tensor]) -> int:
+    return 3 * _nbytes(params)  # parameter, gradient, momentum buffer
+
+
+def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Largest single step of ``local_backward``, run forward-only on the meta device.
+
+    Step k saves what its input bridge, segment k and its head save; backward only
+    frees, so the step peaks when its forward ends. ``meta`` is a learner built on
+    the meta device; ``x`` and ``y`` are meta tensors of the benchmark's batch.
+    """
+    outputs: list[torch.Tensor] = []  # h_k
+    inputs: list[torch.Tensor] = []  # h'_k, indexed by boundary
+    steps = []
+    for k, segment in enumerate(meta.segments):
+        with SavedTensorTracker(meta.parameters()) as tracker:
+            h = x
+            if k > 0:
+                h = meta.bridges[k - 1](outputs[-1], meta.network.sources(k - 1, inputs, x), x)
+            out = segment(h)
+            last = k == meta.k - 1
+            loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
+        steps.append(tracker.peak_bytes)
+        del loss
+        outputs.append(out.detach())
+        if k > 0:
+            inputs.append(h.detach())  # h'_{k-1}: what later bridges read as boundary k-1
+    return max(steps) + _predicted_static(list(meta.parameters()))
+
+
+def run_bench(
+    make_model: Callable[[], nn.Module],
+    *,
+    ks: Sequence[int],
+    contexts: Sequence[str],
+    batch_size: int,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    steps: int = 5,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """Measure e2e, checkpointed (per K) and local (per K and context) training steps.
+
+    Example::
+
+        rows = run_bench(lambda: timm.create_model("resnet110", num_classes=10),
+                         ks=[4, 16], contexts=["R1E"], batch_size=1024,
+                         input_size=(3, 32, 32), num_classes=10, device="cuda")
+    """
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *input_size, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    rows: list[BenchRow] = []
+
+    def emit(row: BenchRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    # Predictions come from one meta-device analysis at this batch size.
+    with torch.device("meta"):
+        meta_model = make_model()
+    analysis = partitioner.analyze(meta_model, torch.empty(x.shape, device="meta"))
+    e2e_activation = sum(c.saved_bytes for c in analysis.costs.values())
+    for k in ks:  # a bad K is an error before anything is measured
+        analysis.check_k(k)
+
+    model = make_model().to(device)
+    optimizer = _sgd(model.parameters())
+    step = partial(_e2e_step, model, optimizer, x, y)
+    measured = measure(step, list(model.parameters()), optimizer, device, (x, y), steps=steps)
+    predicted = e2e_activation + _predicted_static(list(model.parameters()))
+    emit(_row("e2e", 1, None, measured, batch_size, predicted))
+    del model, optimizer, step
+
+    for k in ks:
+        model = make_model().to(device)
+        part = partitioner.partition(model, x, k)
+        optimizer = _sgd(model.parameters())
+        step = partial(_checkpoint_step, part, optimizer, x, y)
+        measured = measure(step, list(model.parameters()), optimizer, device, (x, y), steps=steps)
+        emit(_row("checkpoint", k, None, measured, batch_size, _predict_checkpoint(part, x)))
+        del model, part, optimizer, step
+
+        meta_x = torch.empty(x.shape, device="meta")
+        for context in contexts:
+            learner = wrap(make_model().to(device), k, context=context, example_input=x)
+            optimizer = _sgd(learner.parameters())
+            step = partial(_local_step, learner, optimizer, x, y)
+            measured = measure(
+                step, list(learner.parameters()), optimizer, device, (x, y), steps=steps
+            )
+            meta = wrap(meta_model, k, context=context, example_input=meta_x)
+            predicted = predict_local(meta, meta_x, y.to("meta"))
+            emit(_row("local", k, context, measured, batch_size, predicted))
+            del learner, optimizer, step
+    return rows
+
+
+def _row(mode, k, context, measured, batch_size, predicted) -> BenchRow:
+    peak, activation, static, seconds = measured
+    images_per_s = batch_size / seconds
+    return BenchRow(mode, k, context, peak, activation, static, seconds, images_per_s, predicted)
+
+
+def as_dict(row: BenchRow) -> dict:
+    return asdict(row)

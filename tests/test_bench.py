@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import timm
+from typer.testing import CliRunner
+
+from contsup.bench import run_bench
+from contsup.cli import app
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return run_bench(
+        lambda: timm.create_model("resnet32", num_classes=10),
+        ks=[16],
+        contexts=["R0", "R1"],
+        batch_size=8,
+        input_size=(3, 32, 32),
+        num_classes=10,
+        steps=1,
+    )
+
+
+def test_local_k16_peak_is_below_end_to_end(rows):
+    e2e = next(r for r in rows if r.mode == "e2e")
+    for r in rows:
+        if r.mode == "local":
+            assert r.activation_bytes < 0.5 * e2e.activation_bytes, r
+            assert r.peak_bytes < e2e.peak_bytes, r
+    checkpoint = next(r for r in rows if r.mode == "checkpoint")
+    assert checkpoint.activation_bytes < e2e.activation_bytes
+
+
+def test_prediction_is_within_ten_percent_on_cpu(rows):
+    for r in rows:
+        assert abs(r.predicted_peak_bytes / r.peak_bytes - 1) < 0.10, r
+
+
+def test_static_bytes_are_parameters_gradients_and_momentum(rows):
+    params = sum(p.numel() for p in timm.create_model("resnet32", num_classes=10).parameters())
+    e2e = next(r for r in rows if r.mode == "e2e")
+    assert e2e.static_bytes == 3 * 4 * params
+    assert e2e.peak_bytes == e2e.static_bytes + e2e.activation_bytes
+
+
+def test_bench_json_schema():
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "resnet20",
+            "--k",
+            "2,4",
+            "--context",
+            "R0,E",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"device", "torch", "model", "batch_size", "rows"} <= set(data)
+    assert data["device"] == "cpu" and data["batch_size"] == 4
+    keys = {
+        "mode",
+        "k",
+        "context",
+        "peak_bytes",
+        "activation_bytes",
+        "step_time_s",
+        "images_per_s",
+        "predicted_peak_bytes",
+    }
+    assert all(keys <= set(r) for r in data["rows"])
+    assert [(r["mode"], r["k"], r["context"]) for r in data["rows"]] == [
+        ("e2e", 1, None),
+        ("checkpoint", 2, None),
+        ("local", 2, "R0"),
+        ("local", 2, "E"),
+        ("checkpoint", 4, None),
+        ("local", 4, "R0"),
+        ("local", 4, "E"),
+    ]
+    assert all(r["step_time_s"] > 0 and r["images_per_s"] > 0 for r in data["rows"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["bench", "resnt20"], "unknown model"),
+        (["bench", "resnet20", "--k", "two"], "--k takes comma-separated integers"),
+        (["bench", "resnet20", "--k", "0"], "integers >= 1"),
+        (["bench", "resnet20", "--context", "R1,Q"], "unknown context mode 'Q'"),
+        (["bench", "resnet20", "--device", "cuda"], "no CUDA GPU"),
+        (
+            ["bench", "resnet20", "--k", "99", "--steps", "1", "--batch-size", "2"],
+            "between 1 and 14",
+        ),
+    ],
+)
+def test_bench_user_errors(args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
