@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--timm-batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--objective", default="memory", help="what the cuts balance")
     parser.add_argument("--only", nargs="*", help="setting names to run (default: all)")
     parser.add_argument("--ks", type=int, nargs="*", help="override every setting's K values")
     parser.add_argument("--contexts", nargs="*", help="override every setting's context modes")
@@ -131,7 +132,10 @@ def main() -> None:
         if device.type == "cuda"
         else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     )
-    stamp = f"{datetime.date.today()} on {name}, torch {torch.__version__}, timm {timm.__version__}"
+    stamp = (
+        f"{datetime.date.today()} on {name}, torch {torch.__version__}, timm {timm.__version__}, "
+        f"cuts balanced by {args.objective}"
+    )
     results = []
     for setting in settings(args.timm_batch):
         if args.only and setting["name"] not in args.only:
@@ -150,6 +154,7 @@ def main() -> None:
             num_classes=10,
             device=device,
             steps=args.steps,
+            objective=args.objective,
             on_row=lambda r: print(json.dumps(asdict(r)), flush=True),
         )
         results.append({"name": setting["name"], "rows": [asdict(r) for r in rows]})

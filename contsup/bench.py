@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -178,9 +178,13 @@ def run_bench(
     num_classes: int,
     device: str | torch.device = "cpu",
     steps: int = 5,
+    objective: str = "memory",
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Measure e2e, checkpointed (per K) and local (per K and context) training steps.
+
+    Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
+    local learning saves (InfoPro's memory figures use memory-balanced cuts too).
 
     Example::
 
@@ -217,7 +221,7 @@ def run_bench(
 
     for k in ks:
         model = make_model().to(device)
-        part = partitioner.partition(model, x, k)
+        part = partitioner.partition(model, x, k, objective)
         optimizer = _sgd(model.parameters())
         step = partial(_checkpoint_step, part, optimizer, x, y)
         measured = measure(step, list(model.parameters()), optimizer, device, (x, y), steps=steps)
@@ -226,13 +230,15 @@ def run_bench(
 
         meta_x = torch.empty(x.shape, device="meta")
         for context in contexts:
-            learner = wrap(make_model().to(device), k, context=context, example_input=x)
+            learner = wrap(
+                make_model().to(device), k, context=context, objective=objective, example_input=x
+            )
             optimizer = _sgd(learner.parameters())
             step = partial(_local_step, learner, optimizer, x, y)
             measured = measure(
                 step, list(learner.parameters()), optimizer, device, (x, y), steps=steps
             )
-            meta = wrap(meta_model, k, context=context, example_input=meta_x)
+            meta = wrap(meta_model, k, context=context, objective=objective, example_input=meta_x)
             predicted = predict_local(meta, meta_x, y.to("meta"))
             emit(_row("local", k, context, measured, batch_size, predicted))
             del learner, optimizer, step
@@ -243,7 +249,3 @@ def _row(mode, k, context, measured, batch_size, predicted) -> BenchRow:
     peak, activation, static, seconds = measured
     images_per_s = batch_size / seconds
     return BenchRow(mode, k, context, peak, activation, static, seconds, images_per_s, predicted)
-
-
-def as_dict(row: BenchRow) -> dict:
-    return asdict(row)

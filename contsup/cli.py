@@ -375,6 +375,7 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     steps: Annotated[int, typer.Option(help="timed steps per configuration")] = 5,
     num_classes: Annotated[int, typer.Option(help="classes of the synthetic labels")] = 10,
+    objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
     as_json: Annotated[
         bool, typer.Option("--json", help="last stdout line is one JSON object")
     ] = False,
@@ -392,6 +393,9 @@ def bench(
             contexts = [str(parse_context(c)) for c in context.split(",")]
         except ValueError as error:
             raise UserError(str(error)) from None
+        import partitioner
+
+        partitioner.check_objective(objective)
         if batch_size < 2 or steps < 1:
             raise UserError("--batch-size must be at least 2 and --steps at least 1")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -424,6 +428,7 @@ def bench(
                 num_classes=num_classes,
                 device=device,
                 steps=steps,
+                objective=objective,
                 on_row=on_row,
             )
         except ValueError as error:
@@ -434,6 +439,7 @@ def bench(
             "model": model,
             "batch_size": batch_size,
             "input_size": list(size),
+            "objective": objective,
             "rows": [asdict(r) for r in rows],
         }
         if as_json:

@@ -71,9 +71,6 @@ class SavedTensorTracker:
             self.current_bytes -= entry[0]
             del self.live[key]
 
-    def reset_peak(self) -> None:
-        self.peak_bytes = self.current_bytes
-
     def __enter__(self) -> SavedTensorTracker:
         self._hooks.__enter__()
         return self

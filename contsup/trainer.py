@@ -17,7 +17,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,6 @@ class TrainConfig:
     def out_dir(self) -> Path:
         name = f"{self.model}-k{self.k}-{self.context}-{self.dataset.replace(':', '_')}"
         return Path(self.out or Path("runs") / name)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 class TrainingDiverged(RuntimeError):
