@@ -491,18 +491,19 @@ def print_bench_table(result: dict) -> None:
 @app.command()
 def models(
     pattern: Annotated[str, typer.Argument(help="wildcard filter, e.g. 'resnet*'")] = "*",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """List the model names `contsup split` accepts."""
     import timm
 
-    import contsup  # noqa: F401
-
-    names = timm.list_models(pattern)
+    names = timm.list_models(pattern)  # contsup's CIFAR ResNets are registered on import
     with user_errors():
         if not names:
             raise UserError(f"no model matches '{pattern}'")
-    for name in names:
-        print(name)
+    if as_json:
+        print(json.dumps({"pattern": pattern, "models": names}))
+    else:
+        print("\n".join(names))
 
 
 def main() -> None:

@@ -97,6 +97,8 @@ def test_models_lists_cifar_resnets():
     assert result.exit_code == 0
     names = result.output.split()
     assert "resnet110" in names and "resnet1202" in names and "resnet20" not in names
+    listed = json.loads(run("models", "resnet1*", "--json").output)
+    assert listed == {"pattern": "resnet1*", "models": names}
 
 
 def test_console_script_error_has_no_traceback():
@@ -185,3 +187,21 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
     result = run("train", "resnet20", "--dataset", "digits", "--out", str(tmp_path))
     assert result.exit_code == 2 and "pass --resume" in result.output
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"keep me"
+
+
+def test_split_reports_bridge_overhead():
+    result = run("split", "resnet32", "--k", "4", "--context", "R1E", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["context"] == "R1E"
+    segments = data["segments"]
+    assert segments[0]["bridge_params"] == 0 and segments[0]["bridge_flops"] == 0
+    assert all(s["bridge_params"] > 0 and s["bridge_flops"] > 0 for s in segments[1:])
+    from contsup.learner import wrap
+
+    learner = wrap(timm.create_model("resnet32"), 4, context="R1E")
+    assert sum(s["bridge_params"] for s in segments) == sum(
+        p.numel() for p in learner.bridges.parameters()
+    )
+    table = run("split", "resnet32", "--k", "4", "--context", "R1E").output
+    assert "bridges add" in table and "bridge" in table
