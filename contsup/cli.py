@@ -396,6 +396,8 @@ def bench(
         import partitioner
 
         partitioner.check_objective(objective)
+        if objective == "time":  # predictions come from the meta device, which has no clock
+            raise UserError("bench balances cuts by flops, memory or params, not time")
         if batch_size < 2 or steps < 1:
             raise UserError("--batch-size must be at least 2 and --steps at least 1")
         if device.startswith("cuda") and not torch.cuda.is_available():

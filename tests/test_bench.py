@@ -95,6 +95,7 @@ def test_bench_json_schema():
         (["bench", "resnet20", "--k", "0"], "integers >= 1"),
         (["bench", "resnet20", "--context", "R1,Q"], "unknown context mode 'Q'"),
         (["bench", "resnet20", "--device", "cuda"], "no CUDA GPU"),
+        (["bench", "resnet20", "--objective", "time"], "not time"),
         (
             ["bench", "resnet20", "--k", "99", "--steps", "1", "--batch-size", "2"],
             "between 1 and 14",
