@@ -57,6 +57,14 @@ def check_model_name(name: str) -> None:
         raise UserError(f"unknown model '{name}'{hint}")
 
 
+def check_device(device: str) -> None:
+    """Raise UserError when a CUDA device is asked for on a machine without one."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU")
+
+
 def create_model(name: str, *, meta: bool = True):
     """A timm model by name, built on the meta device when it allows (no memory, no init)."""
     import timm
@@ -158,7 +166,7 @@ def add_bridge_overhead(summary: dict, model, part, x, context: str) -> None:
 
     from contsup.context import parse_context
     from contsup.geometry import geometry_of, image_geometry
-    from contsup.learner import build_bridges, recent_sources
+    from contsup.learner import build_bridges, gather_sources
     from partitioner.cost import count_flops
 
     try:
@@ -174,7 +182,7 @@ def add_bridge_overhead(summary: dict, model, part, x, context: str) -> None:
     summary["segments"][0].update(bridge_params=0, bridge_flops=0)
     for k, bridge in enumerate(bridges):
         # Bridges read augmented boundaries, which have the boundaries' shapes.
-        sources = [image if i < 0 else boundaries[i] for i in recent_sources(k, mode.recent)]
+        sources = gather_sources(k, mode.recent, boundaries, image)
         summary["segments"][k + 1].update(
             bridge_params=sum(p.numel() for p in bridge.parameters()),
             bridge_flops=count_flops(bridge, boundaries[k], sources, image),
@@ -303,19 +311,13 @@ def train(
 
 
 def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
-    import torch
     from rich.progress import BarColumn, Progress, TextColumn
 
     from contsup.trainer import TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**values)
     check_model_name(config.model)
-    if (
-        config.device != "auto"
-        and config.device.startswith("cuda")
-        and not torch.cuda.is_available()
-    ):
-        raise UserError(f"--device {config.device} asked for, but this machine has no CUDA GPU")
+    check_device(config.device)
     report = stderr if as_json else stdout
     progress = Progress(
         TextColumn("{task.description}"),
@@ -385,6 +387,7 @@ def bench(
         import timm
         import torch
 
+        import partitioner
         from contsup.bench import run_bench
         from contsup.context import parse_context
 
@@ -393,19 +396,13 @@ def bench(
             contexts = [str(parse_context(c)) for c in context.split(",")]
         except ValueError as error:
             raise UserError(str(error)) from None
-        import partitioner
-
         partitioner.check_objective(objective)
         if objective == "time":  # predictions come from the meta device, which has no clock
             raise UserError("bench balances cuts by flops, memory or params, not time")
         if batch_size < 2 or steps < 1:
             raise UserError("--batch-size must be at least 2 and --steps at least 1")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU")
-        check_model_name(model)
-        size = tuple(
-            input_size or timm.create_model(model, pretrained=False).pretrained_cfg["input_size"]
-        )
+        check_device(device)
+        size = tuple(input_size or create_model(model).pretrained_cfg["input_size"])
         report = stderr if as_json else stdout
 
         def on_row(row):

@@ -29,7 +29,14 @@ from contsup.geometry import Geometry, geometry_of, image_geometry
 from contsup.heads import ReconstructionDecoder, build_head, parse_head
 from contsup.losses import head_outputs, local_loss_fn
 
-__all__ = ["LocalLearner", "LocalStep", "ContextNetwork", "build_bridges", "wrap"]
+__all__ = [
+    "LocalLearner",
+    "LocalStep",
+    "ContextNetwork",
+    "build_bridges",
+    "gather_sources",
+    "wrap",
+]
 
 
 @dataclass
@@ -55,6 +62,14 @@ def recent_sources(boundary: int, recent: int) -> list[int]:
     return list(dict.fromkeys(indices))
 
 
+def gather_sources(k: int, recent: int, inputs: Sequence, image):
+    """The values boundary ``k`` reads under ``Rn``: ``inputs[i]``, or ``image`` for i < 0.
+
+    Works on tensors and on shape descriptions alike (``build_bridges`` uses geometries).
+    """
+    return [image if i < 0 else inputs[i] for i in recent_sources(k, recent)]
+
+
 class ContextNetwork(nn.Module):
     """Segments chained through their bridges: the inference model, without heads.
 
@@ -73,7 +88,7 @@ class ContextNetwork(nn.Module):
 
     def sources(self, k: int, inputs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
         """What boundary ``k``'s bridge reads: earlier boundary inputs, or the image."""
-        return [x if i < 0 else inputs[i] for i in recent_sources(k, self.recent)]
+        return gather_sources(k, self.recent, inputs, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs: list[torch.Tensor] = []
@@ -315,6 +330,6 @@ def build_bridges(
     """
     bridges = []
     for k, target in enumerate(geometries):
-        recent = [image if i < 0 else geometries[i] for i in recent_sources(k, mode.recent)]
+        recent = gather_sources(k, mode.recent, geometries, image)
         bridges.append(Bridge(target, recent, image if mode.image else None))
     return bridges
