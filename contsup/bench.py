@@ -16,6 +16,12 @@ Memory of one training step:
 
 ``predicted_peak_bytes`` is what the partitioner's meta-device analysis expects
 for the same configuration, before running anything.
+
+For each K, a ``floor`` row runs local learning with no context and the
+cheapest head (``R0``, ``0c1f``: GAP + Linear) at the same cuts as the context
+rows: what any head or bridge adds is measured against it. Local rows also
+report their aux modules' parameters and forward FLOPs as fractions of the
+backbone's (``contsup.budget``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import partitioner
+from contsup.budget import aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
 
@@ -40,6 +47,8 @@ __all__ = ["BenchRow", "run_bench"]
 
 @dataclass
 class BenchRow:
+    """One measured configuration; ``mode`` is ``e2e``, ``checkpoint``, ``floor`` or ``local``."""
+
     mode: str
     k: int
     context: str | None
@@ -49,6 +58,11 @@ class BenchRow:
     step_time_s: float
     images_per_s: float
     predicted_peak_bytes: int
+    aux: str | None = None
+    head: str | None = None
+    aux_params_fraction: float | None = None
+    aux_flops_fraction: float | None = None
+    aux_saved_fraction: float | None = None
 
 
 def _nbytes(tensors) -> int:
@@ -179,9 +193,11 @@ def run_bench(
     device: str | torch.device = "cpu",
     steps: int = 5,
     objective: str = "memory",
+    aux: str = "scaled",
+    head: str = "1c2f",
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
-    """Measure e2e, checkpointed (per K) and local (per K and context) training steps.
+    """Measure e2e, checkpointed, floor (per K) and local (per K and context) training steps.
 
     Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
     local learning saves (InfoPro's memory figures use memory-balanced cuts too).
@@ -229,23 +245,55 @@ def run_bench(
         del model, part, optimizer, step
 
         meta_x = torch.empty(x.shape, device="meta")
-        for context in contexts:
-            learner = wrap(
-                make_model().to(device), k, context=context, objective=objective, example_input=x
-            )
+        configs = [("local", c, head) for c in contexts]
+        reference = wrap(
+            meta_model,
+            k,
+            context=contexts[0],
+            aux=aux,
+            head=head,
+            objective=objective,
+            example_input=meta_x,
+        )
+        # The floor runs at the first context row's cuts: the two then differ only
+        # by what its heads and bridges add.
+        configs.insert(0, ("floor", "R0", "0c1f"))
+        for mode, context, head_config in configs:
+            options = dict(context=context, aux=aux, head=head_config, objective=objective)
+            if mode == "floor":
+                options["cuts"] = reference.partition
+            meta = wrap(meta_model, k, example_input=meta_x, **options)
+            learner = wrap(make_model().to(device), k, example_input=x, **options)
             optimizer = _sgd(learner.parameters())
             step = partial(_local_step, learner, optimizer, x, y)
             measured = measure(
                 step, list(learner.parameters()), optimizer, device, (x, y), steps=steps
             )
-            meta = wrap(meta_model, k, context=context, objective=objective, example_input=meta_x)
             predicted = predict_local(meta, meta_x, y.to("meta"))
-            emit(_row("local", k, context, measured, batch_size, predicted))
+            budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, batch_size)
+            fractions = budget.fractions()
+            emit(
+                _row(
+                    mode,
+                    k,
+                    context,
+                    measured,
+                    batch_size,
+                    predicted,
+                    aux=aux,
+                    head=head_config,
+                    aux_params_fraction=fractions["params"],
+                    aux_flops_fraction=fractions["flops"],
+                    aux_saved_fraction=fractions["saved_bytes"],
+                )
+            )
             del learner, optimizer, step
     return rows
 
 
-def _row(mode, k, context, measured, batch_size, predicted) -> BenchRow:
+def _row(mode, k, context, measured, batch_size, predicted, **aux) -> BenchRow:
     peak, activation, static, seconds = measured
     images_per_s = batch_size / seconds
-    return BenchRow(mode, k, context, peak, activation, static, seconds, images_per_s, predicted)
+    return BenchRow(
+        mode, k, context, peak, activation, static, seconds, images_per_s, predicted, **aux
+    )

@@ -98,8 +98,13 @@ def split(
         int, typer.Option(help="allow cuts where this many tensors cross")
     ] = 1,
     context: Annotated[
-        str | None, typer.Option(help="also report the bridges of this context mode, e.g. R1E")
+        str | None,
+        typer.Option(
+            help="balance and report with this context mode's heads and bridges, e.g. R1E"
+        ),
     ] = None,
+    aux: Annotated[str, typer.Option(help="aux design with --context: scaled | paper")] = "scaled",
+    head: Annotated[str, typer.Option(help="local head with --context, e.g. 1c2f")] = "1c2f",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     save: Annotated[Path | None, typer.Option(help="write the plan as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="save a cost-along-depth plot (PNG)")] = None,
@@ -122,7 +127,13 @@ def split(
         analysis = partitioner.analyze(
             net, x, measure_time=objective == "time", max_boundary_tensors=max_boundary_tensors
         )
-        part = analysis.partition(k, objective)
+        config = aux_config(net, x, context, aux, head) if context is not None else None
+        hook = None
+        if config is not None and objective != "time":
+            from contsup.learner import balance_hook
+
+            hook = balance_hook(net, x, objective, config)
+        part = analysis.partition(k, objective, extra_cost=hook)
         if save:
             write_text_atomic(save, part.to_json(model=model))
         if plot:
@@ -130,8 +141,8 @@ def split(
 
             plot_costs(analysis, part, plot, title=f"{model}: K={k} by {objective}")
         summary = split_summary(model, part)
-        if context is not None:
-            add_bridge_overhead(summary, net, part, x, context)
+        if config is not None:
+            add_aux_budget(summary, net, part, config)
         if as_json:
             print(json.dumps(summary))
         else:
@@ -160,32 +171,44 @@ def split_summary(model: str, part) -> dict:
     }
 
 
-def add_bridge_overhead(summary: dict, model, part, x, context: str) -> None:
-    """Add each boundary's bridge parameters and FLOPs; bridge k feeds segment k+1."""
-    import torch
-
+def aux_config(net, x, context: str, aux: str, head: str):
+    """The ``AuxConfig`` that ``split --context`` prices, as ``wrap`` would build it."""
+    from contsup.auxiliary import AuxConfig, get_design
     from contsup.context import parse_context
-    from contsup.geometry import geometry_of, image_geometry
-    from contsup.learner import build_bridges, gather_sources
-    from partitioner.cost import count_flops
+    from contsup.geometry import image_geometry
+    from contsup.heads import parse_head
 
     try:
         mode = parse_context(context)
-        geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
+        get_design(aux)
+        parse_head(head)
     except ValueError as error:
         raise UserError(str(error)) from error
-    with torch.device("meta"):
-        bridges = build_bridges(geometries, image_geometry(x), mode)
-    image = torch.empty(x.shape, device="meta")
-    boundaries = [torch.empty(b.tensors[0].shape, device="meta") for b in part.boundaries]
-    summary["context"] = str(mode)
-    summary["segments"][0].update(bridge_params=0, bridge_flops=0)
-    for k, bridge in enumerate(bridges):
-        # Bridges read augmented boundaries, which have the boundaries' shapes.
-        sources = gather_sources(k, mode.recent, boundaries, image)
-        summary["segments"][k + 1].update(
-            bridge_params=sum(p.numel() for p in bridge.parameters()),
-            bridge_flops=count_flops(bridge, boundaries[k], sources, image),
+    classes = getattr(net, "num_classes", 0) or 1000
+    width = getattr(net, "num_features", 0) or 0
+    return AuxConfig(aux, mode, head, classes, width, image_geometry(x))
+
+
+def add_aux_budget(summary: dict, net, part, config) -> None:
+    """Add each segment's aux parameters, FLOPs and saved bytes (its head and input bridge)."""
+    from contsup.budget import aux_budget
+    from contsup.geometry import geometry_of
+
+    try:
+        geometries = [geometry_of(b.tensors[0], net) for b in part.boundaries]
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    budget = aux_budget(config, geometries, part.stats, part.input_shape[0])
+    summary.update(context=str(config.mode), aux=config.design, head=config.head)
+    summary["aux_fractions"] = budget.fractions()
+    for row, head, bridge in zip(summary["segments"], budget.heads, budget.bridges):
+        row.update(
+            head_params=head.params,
+            head_flops=head.flops,
+            head_saved_bytes=head.saved_bytes,
+            bridge_params=bridge.params,
+            bridge_flops=bridge.flops,
+            bridge_saved_bytes=bridge.saved_bytes,
         )
 
 
@@ -193,7 +216,7 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
     table = Table(
         title=f"{summary['model']} in {summary['k']} segments, balanced by {summary['objective']}"
     )
-    with_bridges = "context" in summary
+    with_aux = "context" in summary
     columns = (
         "#",
         "first node",
@@ -201,7 +224,7 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
         "params",
         "GFLOPs/img",
         f"act. MiB @{batch_size}",
-        *(("bridge params", "bridge GFLOPs/img") if with_bridges else ()),
+        *(("aux params", "aux GFLOPs/img", f"aux MiB @{batch_size}") if with_aux else ()),
         "output",
     )
     for column in columns:
@@ -223,20 +246,24 @@ def print_split_table(summary: dict, part, batch_size: int) -> None:
             f"{row['flops'] / batch_size / 1e9:.3f}",
             f"{row['activation_bytes'] / 2**20:.2f}",
             *(
-                (f"{row['bridge_params']:,}", f"{row['bridge_flops'] / batch_size / 1e9:.4f}")
-                if with_bridges
+                (
+                    f"{row['head_params'] + row['bridge_params']:,}",
+                    f"{(row['head_flops'] + row['bridge_flops']) / batch_size / 1e9:.4f}",
+                    f"{(row['head_saved_bytes'] + row['bridge_saved_bytes']) / 2**20:.2f}",
+                )
+                if with_aux
                 else ()
             ),
             output,
         )
     stdout.print(table)
-    if with_bridges:
-        rows = summary["segments"]
-        params = sum(r["bridge_params"] for r in rows) / sum(r["params"] for r in rows)
-        flops = sum(r["bridge_flops"] for r in rows) / sum(r["flops"] for r in rows)
+    if with_aux:
+        f = summary["aux_fractions"]
         stdout.print(
-            f"context {summary['context']}: bridges add {params:.1%} parameters and "
-            f"{flops:.1%} forward FLOPs to the backbone"
+            f"context {summary['context']}, aux {summary['aux']}, head {summary['head']}: heads "
+            f"and bridges add {f['params']:.1%} parameters, {f['flops']:.1%} forward FLOPs and "
+            f"{f['saved_bytes']:.1%} saved bytes to the backbone (aux: segment k's head and "
+            "the bridge into it)"
         )
     stdout.print(
         f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
@@ -252,7 +279,8 @@ def train(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="cifar10 | cifar100 | svhn | stl10 | digits | synthetic[:CxHxW] | imagefolder:PATH"
+            help="cifar10 | cifar100 | svhn | stl10 | digits | mnist[:SIZE] | fashion_mnist[:SIZE]"
+            " | synthetic[:CxHxW] | imagefolder:PATH"
         ),
     ] = None,
     recipe: Annotated[Path | None, typer.Option(help="YAML recipe (recipes/)")] = None,
@@ -261,9 +289,19 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
     warmup_epochs: Annotated[int | None, typer.Option()] = None,
+    aux: Annotated[
+        str | None, typer.Option(help="heads and bridges: scaled (default) | paper")
+    ] = None,
     head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
     local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,
     objective: Annotated[str | None, typer.Option(help="what the cuts balance")] = None,
+    cuts: Annotated[
+        str | None,
+        typer.Option(help="cut after these nodes, comma-separated (K follows from them)"),
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="cut where a plan from `contsup split --save` says")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     amp: Annotated[str | None, typer.Option(help="bf16")] = None,
     channels_last: Annotated[
@@ -288,6 +326,8 @@ def train(
     given = {name: value for name, value in locals().items() if value is not None}
     for name in ("recipe", "run", "resume", "as_json"):
         given.pop(name, None)
+    if cuts is not None:
+        given["cuts"] = [c.strip() for c in cuts.split(",") if c.strip()]
     with user_errors():
         from contsup.recipes import check_fields, load_recipe
 
@@ -378,22 +418,32 @@ def bench(
     steps: Annotated[int, typer.Option(help="timed steps per configuration")] = 5,
     num_classes: Annotated[int, typer.Option(help="classes of the synthetic labels")] = 10,
     objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
+    aux: Annotated[str, typer.Option(help="aux design: scaled | paper")] = "scaled",
+    head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
     as_json: Annotated[
         bool, typer.Option("--json", help="last stdout line is one JSON object")
     ] = False,
 ) -> None:
-    """Measure peak memory and speed of local learning against e2e and checkpointing."""
+    """Measure peak memory and speed of local learning against e2e and checkpointing.
+
+    Per K: end-to-end, gradient checkpointing at the same number of segments, the
+    floor (R0 with a GAP+Linear head), and each context mode with the aux design.
+    """
     with user_errors():
         import timm
         import torch
 
         import partitioner
+        from contsup.auxiliary import get_design
         from contsup.bench import run_bench
         from contsup.context import parse_context
+        from contsup.heads import parse_head
 
         ks = _int_list(k, "--k")
         try:
             contexts = [str(parse_context(c)) for c in context.split(",")]
+            get_design(aux)
+            parse_head(head)
         except ValueError as error:
             raise UserError(str(error)) from None
         partitioner.check_objective(objective)
@@ -407,7 +457,7 @@ def bench(
 
         def on_row(row):
             report.print(
-                f"{row.mode:10s} k={row.k:<3d} {row.context or '-':5s} "
+                f"{row.mode:10s} k={row.k:<3d} {row.context or '-':5s} {row.head or '-':5s} "
                 f"peak {row.peak_bytes / 2**20:9.1f} MiB  "
                 f"predicted {row.predicted_peak_bytes / 2**20:9.1f} MiB  "
                 f"{row.step_time_s * 1e3:8.1f} ms/step",
@@ -428,6 +478,8 @@ def bench(
                 device=device,
                 steps=steps,
                 objective=objective,
+                aux=aux,
+                head=head,
                 on_row=on_row,
             )
         except ValueError as error:
@@ -439,6 +491,7 @@ def bench(
             "batch_size": batch_size,
             "input_size": list(size),
             "objective": objective,
+            "aux": aux,
             "rows": [asdict(r) for r in rows],
         }
         if as_json:
@@ -447,43 +500,59 @@ def bench(
             print_bench_table(result)
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def print_bench_table(result: dict) -> None:
     rows = result["rows"]
     e2e = next(r for r in rows if r["mode"] == "e2e")
     table = Table(
         title=f"{result['model']}, batch {result['batch_size']}, {result['device']}, "
-        f"torch {result['torch']}"
+        f"torch {result['torch']}, aux {result['aux']}"
     )
     for column in (
         "mode",
         "K",
         "context",
+        "head",
         "peak MiB",
         "x e2e",
+        "x floor",
         "activation MiB",
         "predicted MiB",
         "ms/step",
         "x e2e ",
-        "images/s",
+        "aux params",
+        "aux FLOPs",
     ):
-        table.add_column(column, justify="left" if column in ("mode", "context") else "right")
+        table.add_column(
+            column, justify="left" if column in ("mode", "context", "head") else "right"
+        )
+    floors = {r["k"]: r for r in rows if r["mode"] == "floor"}
     for r in rows:
+        floor = floors.get(r["k"]) if r["mode"] in ("floor", "local") else None
         table.add_row(
             r["mode"],
             str(r["k"]),
             r["context"] or "-",
+            r["head"] or "-",
             f"{r['peak_bytes'] / 2**20:.1f}",
-            f"{r['peak_bytes'] / e2e['peak_bytes']:.2f}",
+            f"{r['peak_bytes'] / e2e['peak_bytes']:.3f}",
+            f"{r['peak_bytes'] / floor['peak_bytes']:.3f}" if floor else "-",
             f"{r['activation_bytes'] / 2**20:.1f}",
             f"{r['predicted_peak_bytes'] / 2**20:.1f}",
             f"{r['step_time_s'] * 1e3:.1f}",
             f"{r['step_time_s'] / e2e['step_time_s']:.2f}",
-            f"{r['images_per_s']:.0f}",
+            _percent(r["aux_params_fraction"]),
+            _percent(r["aux_flops_fraction"]),
         )
     stdout.print(table)
     stdout.print(
         "peak = activation + parameters, gradients and optimizer state"
         + ("; CPU activation = bytes saved for backward" if result["device"] == "cpu" else "")
+        + "; floor = R0 with a GAP+Linear head at the first context's cuts; aux = heads and "
+        "bridges as a fraction of the backbone"
     )
 
 

@@ -1,14 +1,15 @@
 """Datasets, as batches of (normalised input, label, raw image in [0, 1]) on the device.
 
-CIFAR-sized datasets (cifar10, cifar100, svhn, digits, synthetic) live on the
-device as uint8 tensors and are augmented there (reflect-pad random crop, flip,
-normalise), so no loader can starve the GPU. Larger ones (stl10,
-``imagefolder:PATH``) stream through a DataLoader with workers and pinned memory.
-Nothing is downloaded without ``download=True``.
+CIFAR-sized datasets (cifar10, cifar100, svhn, digits, synthetic, mnist,
+fashion_mnist) live on the device as uint8 tensors and are augmented there
+(reflect-pad random crop, flip, normalise), so no loader can starve the GPU.
+Larger ones (stl10, ``imagefolder:PATH``) stream through a DataLoader with
+workers and pinned memory. Nothing is downloaded without ``download=True``.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,11 +20,36 @@ import torch.nn.functional as F
 
 from contsup.errors import ContsupError
 
-__all__ = ["DATASETS", "DataError", "DatasetInfo", "Batches", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATA_DIR",
+    "DataError",
+    "DatasetInfo",
+    "Batches",
+    "load_dataset",
+    "read_idx",
+]
+
+DEFAULT_DATA_DIR = "data"
+# Debian's dataset-fashion-mnist package installs the original IDX files here; used
+# for fashion_mnist when the user gave no data dir of their own.
+SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 HALF = (0.5, 0.5, 0.5)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+# The torchvision class of each MNIST-style dataset; it keeps its files in root/<class>/raw.
+MNIST_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: unsigned bytes, 3 and 1 dimensions
 
 
 class DataError(ContsupError):
@@ -50,8 +76,12 @@ DATASETS = {
     "stl10": DatasetInfo("stl10", 10, (3, 96, 96), HALF, HALF, 4, True),
     "digits": DatasetInfo("digits", 10, (3, 32, 32), HALF, HALF, 2, False),
     "synthetic": DatasetInfo("synthetic", 10, (3, 32, 32), HALF, HALF, 4, True),
+    "mnist": DatasetInfo("mnist", 10, (1, 28, 28), MNIST_MEAN, MNIST_STD, 2, False),
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist", 10, (1, 28, 28), FASHION_MNIST_MEAN, FASHION_MNIST_STD, 2, True
+    ),
 }
-NAMES = (*DATASETS, "imagefolder:PATH", "synthetic:CxHxW")
+NAMES = (*DATASETS, "mnist:SIZE", "fashion_mnist:SIZE", "imagefolder:PATH", "synthetic:CxHxW")
 
 
 class Batches:
@@ -214,6 +244,115 @@ def _torchvision(name: str, root: Path, download: bool):
     raise AssertionError(name)
 
 
+def read_idx(path: Path, magic: int) -> torch.Tensor:
+    """One IDX file (gzip-compressed if it ends in .gz) as a uint8 tensor of its shape.
+
+    Example::
+
+        labels = read_idx(Path("t10k-labels-idx1-ubyte.gz"), IDX_LABELS)  # shape (10000,)
+
+    ``magic`` is the number the file must start with: ``IDX_IMAGES`` or ``IDX_LABELS``.
+    """
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read {path}: {error}") from error
+    # The low byte of the magic number is the number of dimensions, one int32 each.
+    header = 4 * (1 + (magic & 0xFF))
+    if len(data) < header or int.from_bytes(data[:4], "big") != magic:
+        raise DataError(f"{path} is not an IDX file: it does not start with magic number {magic}")
+    shape = [int.from_bytes(data[i : i + 4], "big") for i in range(4, header, 4)]
+    size = math.prod(shape)
+    if not size or len(data) != header + size:
+        raise DataError(
+            f"{path} is malformed: its header promises {size} bytes of data, it holds "
+            f"{len(data) - header}"
+        )
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(shape)
+
+
+def _idx_files(folder: Path) -> list[Path] | None:
+    """The four IDX files of an MNIST-style dataset in ``folder`` (plain or .gz), or None."""
+    found = []
+    for stem in IDX_FILES:
+        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+        if path is None:
+            return None
+        found.append(path)
+    return found
+
+
+def _idx_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) uint8 images and (N,) int64 labels from an images and a labels file."""
+    images, labels = read_idx(images_path, IDX_IMAGES), read_idx(labels_path, IDX_LABELS)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path} holds {tuple(images.shape[1:])} images, not 28x28")
+    if len(labels) != len(images):
+        raise DataError(
+            f"{labels_path} has {len(labels)} labels for the {len(images)} images of {images_path}"
+        )
+    if labels.max() > 9:
+        raise DataError(f"{labels_path} has labels outside 0..9")
+    return images[:, None].contiguous(), labels.long()
+
+
+def _mnist(name: str, root: Path, download: bool) -> tuple[torch.Tensor, ...]:
+    """mnist or fashion_mnist as uint8 tensors, from root/<torchvision class>/raw.
+
+    Falls back to ``SYSTEM_FASHION_MNIST`` for fashion_mnist when ``root`` is the
+    default; downloads (through torchvision) only when asked and nothing was found.
+    """
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, MNIST_CLASSES[name])
+    raw = root / cls.__name__ / "raw"
+    folders = [raw]
+    if name == "fashion_mnist" and root == Path(DEFAULT_DATA_DIR):
+        folders.append(SYSTEM_FASHION_MNIST)
+    files = next((f for f in map(_idx_files, folders) if f is not None), None)
+    if files is None and download:
+        try:
+            # torchvision fetches all four files (checking their md5) whichever split we ask for.
+            cls(root, train=False, download=True)
+        except RuntimeError as error:
+            raise DataError(
+                f"could not download {name} into {raw}; check the network, or pass --data-dir "
+                "to point at an existing copy"
+            ) from error
+        files = _idx_files(raw)
+    if files is None:
+        how = (
+            "run `apt-get install dataset-fashion-mnist`"
+            if len(folders) > 1
+            else "pass --data-dir to point at an existing copy"
+        )
+        where = " or ".join(str(f) for f in folders)
+        raise DataError(f"{name} is not under {where}; pass --download to fetch it there, or {how}")
+    return (*_idx_split(*files[:2]), *_idx_split(*files[2:]))
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """uint8 images resized once on ``device`` (bilinear, antialiased when shrinking)."""
+    images = images.to(device)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    out = torch.empty((*images.shape[:2], *size), dtype=torch.uint8, device=device)
+    shrink = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    # Chunks of about 2**26 pixels, so the float copies stay small at any size.
+    chunk = max(1, 2**26 // (images.shape[1] * size[0] * size[1]))
+    for start in range(0, len(images), chunk):
+        part = F.interpolate(
+            images[start : start + chunk].float(),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+            antialias=shrink,
+        )
+        out[start : start + chunk] = part.clamp_(0, 255).round_().to(torch.uint8)
+    return out
+
+
 def _loader_datasets(info: DatasetInfo, source: str, root: Path, download: bool):
     import torchvision.datasets as tvd
     import torchvision.transforms as T
@@ -256,6 +395,8 @@ def parse_dataset(name: str) -> tuple[DatasetInfo, str]:
 
         >>> parse_dataset("synthetic:3x64x64")[0].image_size
         (3, 64, 64)
+        >>> parse_dataset("fashion_mnist:64")[0].image_size
+        (1, 64, 64)
     """
     if name.startswith("imagefolder:"):
         path = Path(name.split(":", 1)[1]).expanduser()
@@ -284,6 +425,18 @@ def parse_dataset(name: str) -> tuple[DatasetInfo, str]:
             pad=max(1, shape[1] // 8),
         )
         return info, "synthetic"
+    base, colon, size = name.partition(":")
+    if base in MNIST_CLASSES and colon:
+        try:
+            side = int(size)
+        except ValueError:
+            side = 0
+        if not 8 <= side <= 1024:
+            raise DataError(f"{base} takes a size from 8 to 1024 like {base}:64, got {name!r}")
+        info = DATASETS[base]
+        # Crops shift the image by as large a part of it as at 28x28.
+        pad = max(1, round(info.pad * side / 28))
+        return replace(info, name=f"{base}:{side}", image_size=(1, side, side), pad=pad), base
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     return DATASETS[name], name
@@ -294,7 +447,7 @@ def load_dataset(
     *,
     batch_size: int,
     device: str | torch.device = "cpu",
-    data_dir: str | Path = "data",
+    data_dir: str | Path = DEFAULT_DATA_DIR,
     download: bool = False,
     workers: int = 4,
 ) -> Batches:
@@ -306,8 +459,10 @@ def load_dataset(
         data.info.num_classes, data.train_size
 
     Names: cifar10, cifar100, svhn, stl10, digits (scikit-learn's handwritten
-    digits upsampled to 3x32x32, the offline default), synthetic[:CxHxW], and
-    imagefolder:PATH (PATH/train and PATH/test class folders).
+    digits upsampled to 3x32x32, the offline default), mnist[:SIZE] and
+    fashion_mnist[:SIZE] (1x28x28, or resized once to 1xSIZExSIZE), synthetic[:CxHxW],
+    and imagefolder:PATH (PATH/train and PATH/test class folders). fashion_mnist
+    also reads Debian's dataset-fashion-mnist package when ``data_dir`` is the default.
     """
     info, source = parse_dataset(name)
     root = Path(data_dir).expanduser()
@@ -319,6 +474,19 @@ def load_dataset(
         )
     if source in ("cifar10", "cifar100", "svhn"):
         return DeviceBatches(info, batch_size, device, *_torchvision(source, root, download))
+    if source in MNIST_CLASSES:
+        device = torch.device(device)
+        train_images, train_labels, test_images, test_labels = _mnist(source, root, download)
+        size = info.image_size[1:]
+        return DeviceBatches(
+            info,
+            batch_size,
+            device,
+            _resize(train_images, size, device),
+            train_labels,
+            _resize(test_images, size, device),
+            test_labels,
+        )
     train, test = _loader_datasets(info, source, root, download)
     if source != "stl10":
         info = replace(info, num_classes=len(train.classes))

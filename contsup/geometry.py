@@ -16,7 +16,7 @@ from torch import nn
 
 from partitioner import TensorSpec
 
-__all__ = ["Geometry", "geometry_of", "image_geometry", "ToMap", "FromMap"]
+__all__ = ["Geometry", "geometry_of", "image_geometry", "ToMap", "FromMap", "pool_to"]
 
 LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
 
@@ -33,6 +33,10 @@ class Geometry:
     height: int
     width: int
     prefix_tokens: int = 0
+
+    def with_grid(self, height: int, width: int) -> Geometry:
+        """The same tensor as an NCHW map on another grid (what pooling makes of it)."""
+        return Geometry("NCHW", self.channels, height, width)
 
 
 def image_geometry(example_input: torch.Tensor) -> Geometry:
@@ -117,3 +121,24 @@ class FromMap(nn.Module):
         if g.layout == "NC":
             return m.flatten(1)
         return m
+
+
+def pool_to(source: Geometry, target: Geometry) -> nn.Module:
+    """AdaptiveAvgPool2d from source's H x W to target's, in its cheapest exact form.
+
+    Example::
+
+        pool_to(Geometry("NCHW", 3, 224, 224), Geometry("NCHW", 64, 56, 56))  # AvgPool2d(4, 4)
+
+    Equal sizes need no pooling and whole-number ratios are plain average pooling
+    (the same windows); only other ratios need the adaptive kernel, which is
+    several times slower on CPU.
+    """
+    size = (source.height, source.width)
+    out = (target.height, target.width)
+    if size == out:
+        return nn.Identity()
+    if size[0] % out[0] == 0 and size[1] % out[1] == 0:
+        ratio = (size[0] // out[0], size[1] // out[1])
+        return nn.AvgPool2d(ratio, ratio)
+    return nn.AdaptiveAvgPool2d(out)

@@ -23,17 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import partitioner
+from contsup.auxiliary import AuxConfig, get_design
 from contsup.bridges import Bridge
+from contsup.budget import aux_costs, extra_cost_hook
 from contsup.context import ContextMode, parse_context
 from contsup.geometry import Geometry, geometry_of, image_geometry
-from contsup.heads import ReconstructionDecoder, build_head, parse_head
+from contsup.heads import parse_head
 from contsup.losses import head_outputs, local_loss_fn
 
 __all__ = [
     "LocalLearner",
     "LocalStep",
     "ContextNetwork",
-    "build_bridges",
+    "balance_hook",
     "gather_sources",
     "wrap",
 ]
@@ -47,27 +49,30 @@ class LocalStep:
     losses: list[float]
 
 
-def recent_sources(boundary: int, recent: int) -> list[int]:
+def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
     """Which earlier boundary inputs boundary ``boundary`` reads, most recent first.
 
     Example::
 
-        >>> recent_sources(3, 2), recent_sources(0, 2)
-        ([2, 1], [-1])
+        >>> R2, R2E = ContextMode(2, False), ContextMode(2, True)
+        >>> recent_sources(3, R2), recent_sources(0, R2), recent_sources(0, R2E)
+        ([2, 1], [-1], [])
 
     Index -1 is the image (the first segment's input); it stands in for every
-    boundary that does not exist yet and is read once.
+    boundary that does not exist yet and is read once. With ``E`` the image has
+    its own encoder, so it does not also stand in (the reference's R1E applies
+    E alone at the first boundary).
     """
-    indices = [max(boundary - 1 - j, -1) for j in range(recent)]
-    return list(dict.fromkeys(indices))
+    indices = [max(boundary - 1 - j, -1) for j in range(mode.recent)]
+    return [i for i in dict.fromkeys(indices) if i >= 0 or not mode.image]
 
 
-def gather_sources(k: int, recent: int, inputs: Sequence, image):
-    """The values boundary ``k`` reads under ``Rn``: ``inputs[i]``, or ``image`` for i < 0.
+def gather_sources(k: int, mode: ContextMode, inputs: Sequence, image):
+    """The values boundary ``k`` reads: ``inputs[i]``, or ``image`` for i < 0.
 
     Works on tensors and on shape descriptions alike (``build_bridges`` uses geometries).
     """
-    return [image if i < 0 else inputs[i] for i in recent_sources(k, recent)]
+    return [image if i < 0 else inputs[i] for i in recent_sources(k, mode)]
 
 
 class ContextNetwork(nn.Module):
@@ -84,20 +89,26 @@ class ContextNetwork(nn.Module):
         self.segments = segments
         self.bridges = bridges
         self.context = str(context)
-        self.recent = context.recent
+        self.mode = context
 
-    def sources(self, k: int, inputs: list[torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    def sources(self, k: int, inputs: list, x: torch.Tensor) -> list[torch.Tensor]:
         """What boundary ``k``'s bridge reads: earlier boundary inputs, or the image."""
-        return gather_sources(k, self.recent, inputs, x)
+        return gather_sources(k, self.mode, inputs, x)
+
+    def keep(self, inputs: list, h: torch.Tensor) -> None:
+        """Append boundary input ``h``, and let go of those no later bridge reads."""
+        inputs.append(h)
+        if len(inputs) > self.mode.recent:
+            inputs[-1 - self.mode.recent] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs: list[torch.Tensor] = []
+        inputs: list = []
         h = x
         for k, segment in enumerate(self.segments):
             out = segment(h)
             if k < len(self.bridges):
                 h = self.bridges[k](out, self.sources(k, inputs, x), x)
-                inputs.append(h)
+                self.keep(inputs, h)
         return out
 
 
@@ -124,6 +135,8 @@ class LocalLearner(nn.Module):
         decoders: Sequence[nn.Module],
         *,
         context: ContextMode,
+        aux: AuxConfig,
+        geometries: Sequence[Geometry],
         local_loss: str,
         loss_weights: Sequence[tuple[float, float]],
         mean: Sequence[float],
@@ -135,6 +148,8 @@ class LocalLearner(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.decoders = nn.ModuleList(decoders)
         self.context = context
+        self.aux_config = aux
+        self.geometries = list(geometries)
         self.local_loss = local_loss
         self.loss_weights = list(loss_weights)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
@@ -152,6 +167,11 @@ class LocalLearner(nn.Module):
     @property
     def bridges(self) -> nn.ModuleList:
         return self.network.bridges
+
+    @property
+    def aux(self) -> str:
+        """The aux design's name: ``scaled`` or ``paper``."""
+        return self.aux_config.design
 
     @property
     def k(self) -> int:
@@ -199,7 +219,7 @@ class LocalLearner(nn.Module):
         cast = (
             torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         )
-        inputs: list[torch.Tensor] = []
+        inputs: list = []
         losses = []
         h = x
         for k, segment in enumerate(self.segments):
@@ -216,7 +236,7 @@ class LocalLearner(nn.Module):
                 with cast:
                     # Everything read is detached: the bridge learns from the next loss only.
                     h = self.bridges[k](out.detach(), sources, x)
-                inputs.append(h.detach())
+                self.network.keep(inputs, h.detach())
         return LocalStep(out.detach(), torch.stack(losses).tolist())
 
 
@@ -231,6 +251,11 @@ def _default_input(model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
     # Batch 2: batch norm refuses to train on one value per channel.
     return torch.zeros(2, channels, *size, device=device)
+
+
+def _per_channel(values, channels: int) -> tuple[float, ...]:
+    """A timm cfg's mean or std, unless it is for another channel count (in_chans=1)."""
+    return tuple(values) if values is not None and len(values) == channels else (0.5,) * channels
 
 
 def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tuple[float, float]]:
@@ -250,12 +275,14 @@ def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tupl
 
 def wrap(
     model: nn.Module,
-    k: int,
+    k: int | None = None,
     *,
     context: str = "E",
+    aux: str = "scaled",
     local_loss: str = "ce",
     head: str = "1c2f",
     decoder: Sequence[float] | None = None,
+    cuts: Sequence[str] | partitioner.Partition | None = None,
     objective: str = "flops",
     example_input: torch.Tensor | None = None,
     num_classes: int | None = None,
@@ -269,38 +296,77 @@ def wrap(
         step = learner.local_backward(x, y)   # then optimizer.step()
 
     Args:
+        k: number of segments; 1 is ordinary end-to-end training. Optional with ``cuts``.
         context: ``R0``, ``E``, ``Rn`` or ``RnE`` (see ``contsup.context``).
+        aux: the design of heads, bridges and decoders: ``scaled`` (small at any
+            input size) or ``paper`` (the reference's modules; see ``contsup.auxiliary``).
         local_loss: ``ce`` (cross-entropy) or ``contrast`` (supervised contrastive).
         head: local head config, ``<a>c<b>f`` (default ``1c2f``, the paper's).
         decoder: None, or the four loss scales ``[ixx_1, ixy_1, ixx_2, ixy_2]`` that
             turn on the reconstruction decoder; the (reconstruction, local) weights go
             linearly from (ixx_1, ixy_1) at the first boundary to (ixx_2, ixy_2) at the last.
-        objective: what the partitioner balances (``flops``, ``memory``, ...).
+        cuts: cut after these graph nodes (names as ``contsup split`` prints them), or
+            at a ``Partition``'s cuts (e.g. ``Partition.from_json`` of a saved plan),
+            instead of balancing.
+        objective: what the partitioner balances (``flops``, ``memory``, ...); heads
+            and bridges are counted with the segments they run in.
         example_input: defaults to the model's timm input size, batch 2.
         num_classes: defaults to ``model.num_classes``.
 
     The learner shares parameters with ``model``.
     """
     mode = parse_context(context)
+    get_design(aux)
     parse_head(head)
     head_outputs(local_loss, 1)
+    x = _default_input(model) if example_input is None else example_input
+    if isinstance(cuts, partitioner.Partition):
+        if tuple(cuts.input_shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"the plan was made for inputs of shape {tuple(cuts.input_shape[1:])}, "
+                f"not {tuple(x.shape[1:])}"
+            )
+        cuts = [b.tensors[0].node if len(b.tensors) == 1 else b.tensors for b in cuts.boundaries]
+    if cuts is not None:
+        cuts = [c if isinstance(c, str) else tuple(t.node for t in c) for c in cuts]
+        if k is not None and k != len(cuts) + 1:
+            raise ValueError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
+        k = len(cuts) + 1
+    if k is None:
+        raise ValueError("pass k, the number of segments, or cuts")
     boundaries = k - 1 if isinstance(k, int) else 0
     weights = _loss_weights(decoder, max(boundaries, 0))
-    x = _default_input(model) if example_input is None else example_input
     classes = num_classes or getattr(model, "num_classes", None)
     if not classes:
         raise ValueError("pass num_classes: the model has no num_classes attribute")
-    part = partitioner.partition(model, x, k, objective)
+    image = image_geometry(x)
+    config = AuxConfig(
+        aux,
+        mode,
+        head,
+        head_outputs(local_loss, classes),
+        getattr(model, "num_features", 0) or 0,
+        image,
+        decoder is not None,
+    )
+    if cuts is None:
+        hook = balance_hook(model, x, objective, config)
+        part = partitioner.partition(model, x, k, objective, extra_cost=hook)
+    else:
+        part = partitioner.analyze(model, x).split_at(cuts, objective)
     for b in part.boundaries:
         if len(b.tensors) != 1:
             raise ValueError("context supply needs single-tensor boundaries")
     geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
-    image = image_geometry(x)
-    bridges = build_bridges(geometries, image, mode)
-    width = max([getattr(model, "num_features", 0) or 0] + [g.channels for g in geometries])
-    out_features = head_outputs(local_loss, classes)
-    heads = [build_head(head, g, out_features, width) for g in geometries]
-    decoders = [ReconstructionDecoder(g, image) for g in geometries] if decoder else []
+    heads, decoders, bridges = [], [], []
+    for i, target in enumerate(geometries):
+        head_module, decoder_module, bridge = config.modules_at(
+            target, gather_sources(i, mode, geometries, image)
+        )
+        heads.append(head_module)
+        bridges.append(bridge)
+        if decoder_module is not None:
+            decoders.append(decoder_module)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     channels = x.shape[1]
     learner = LocalLearner(
@@ -309,27 +375,30 @@ def wrap(
         bridges,
         decoders,
         context=mode,
+        aux=config,
+        geometries=geometries,
         local_loss=local_loss,
         loss_weights=weights,
-        mean=cfg.get("mean", (0.5,) * channels),
-        std=cfg.get("std", (0.5,) * channels),
+        mean=_per_channel(cfg.get("mean"), channels),
+        std=_per_channel(cfg.get("std"), channels),
     )
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
 
 
-def build_bridges(
-    geometries: Sequence[Geometry], image: Geometry, mode: ContextMode
-) -> list[Bridge]:
-    """One bridge per boundary, reading what ``mode`` supplies there.
+def balance_hook(model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig):
+    """The partitioner's ``extra_cost`` for ``config``: each cut priced with its aux modules.
 
     Example::
 
-        bridges = build_bridges([geometry_of(b.tensors[0], model) for b in part.boundaries],
-                                image_geometry(x), parse_context("R1E"))
+        part = partitioner.partition(model, x, k, "memory",
+                                     extra_cost=balance_hook(model, x, "memory", config))
+
+    Before the cuts are known a bridge's earlier sources are not, so an ``Rn``
+    encoder is priced as if it read a tensor shaped like its own boundary.
     """
-    bridges = []
-    for k, target in enumerate(geometries):
-        recent = gather_sources(k, mode.recent, geometries, image)
-        bridges.append(Bridge(target, recent, image if mode.image else None))
-    return bridges
+
+    def cost_at(target: Geometry):
+        return aux_costs(config, target, [target] * config.mode.recent, x.shape[0])
+
+    return extra_cost_hook(model, objective, cost_at)

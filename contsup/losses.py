@@ -21,7 +21,8 @@ def supervised_contrastive(
         loss = supervised_contrastive(torch.randn(8, 128), torch.randint(0, 2, (8,)))
 
     For each anchor, the other samples of its class are positives and every other
-    sample is in the denominator; anchors without a positive are skipped.
+    sample is in the denominator. As in the reference implementation, the mean is
+    over all anchors of the batch: an anchor without a positive contributes 0.
     """
     z = F.normalize(features.float(), dim=1)
     logits = z @ z.T / temperature
@@ -31,9 +32,7 @@ def supervised_contrastive(
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     counts = positives.sum(1)
     per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1) / counts.clamp(min=1)
-    # Anchors without a positive weigh nothing; no data-dependent branch, so no device sync.
-    has_positive = (counts > 0).to(per_anchor.dtype)
-    return -(per_anchor * has_positive).sum() / has_positive.sum().clamp(min=1)
+    return -per_anchor.mean()
 
 
 def head_outputs(local_loss: str, num_classes: int) -> int:

@@ -25,7 +25,8 @@ import timm
 import torch
 
 from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
-from contsup.data import Batches, load_dataset, steps_per_epoch
+from contsup.data import DEFAULT_DATA_DIR, Batches, load_dataset, steps_per_epoch
+from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
 
 __all__ = ["TrainConfig", "TrainingDiverged", "paper_lr", "train"]
@@ -40,13 +41,16 @@ class TrainConfig:
     model: str = "resnet32"
     k: int = 4
     context: str = "E"
+    aux: str = "scaled"
     head: str = "1c2f"
     local_loss: str = "ce"
     decoder: list[float] | None = None
     objective: str = "flops"
+    cuts: list[str] | None = None
+    plan: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
-    data_dir: str = "data"
+    data_dir: str = DEFAULT_DATA_DIR
     download: bool = False
     workers: int = 4
     epochs: int = 160
@@ -68,10 +72,13 @@ class TrainConfig:
         "model",
         "k",
         "context",
+        "aux",
         "head",
         "local_loss",
         "decoder",
         "objective",
+        "cuts",
+        "plan",
         "model_kwargs",
         "dataset",
         "epochs",
@@ -162,6 +169,37 @@ def evaluate(learner: LocalLearner, data: Batches, autocast: torch.dtype | None)
     return correct / data.test_size
 
 
+class PlanError(ContsupError):
+    """A plan file that cannot be used for this run."""
+
+
+def plan_cuts(path: str | Path, model: str, image_size: tuple[int, ...]) -> list[str]:
+    """The cut nodes of a plan that ``contsup split --save`` wrote, checked against the run.
+
+    Example::
+
+        cuts = plan_cuts("plan.json", "resnet110", (3, 32, 32))
+
+    The plan is JSON (never code). It must name the same model, if it names one,
+    and have been made for the same input size.
+    """
+    try:
+        plan = json.loads(Path(path).read_text())
+        cuts = [list(c) for c in plan["cuts"]]
+        shape = tuple(plan["input_shape"][1:])
+    except OSError as error:
+        raise PlanError(f"cannot read plan {path}: {error.strerror}") from error
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+        raise PlanError(f"{path} is not a plan written by `contsup split --save`") from error
+    if plan.get("model", model) != model:
+        raise PlanError(f"{path} is a plan for {plan['model']}, not {model}")
+    if shape != tuple(image_size):
+        raise PlanError(f"{path} was made for inputs of shape {shape}, not {tuple(image_size)}")
+    if any(len(c) != 1 or not isinstance(c[0], str) for c in cuts):
+        raise PlanError(f"{path} has multi-tensor cuts, which local learning cannot use")
+    return [c[0] for c in cuts]
+
+
 def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     """The data and the wrapped model a config describes, on its device."""
     device = _device(config.device)
@@ -173,15 +211,22 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
         download=config.download,
         workers=config.workers,
     )
-    model = timm.create_model(
-        config.model, num_classes=data.info.num_classes, **config.model_kwargs
-    )
+    # timm's convention: in_chans follows the data unless model_kwargs sets it.
+    kwargs = {"in_chans": data.info.image_size[0], **config.model_kwargs}
+    model = timm.create_model(config.model, num_classes=data.info.num_classes, **kwargs)
     model.to(device)
     example = torch.zeros(2, *data.info.image_size, device=device)
+    cuts = config.cuts
+    if config.plan is not None:
+        if cuts is not None:
+            raise ValueError("give cuts or a plan, not both")
+        cuts = plan_cuts(config.plan, config.model, tuple(data.info.image_size))
     learner = wrap(
         model,
-        config.k,
+        None if cuts is not None else config.k,  # with cuts, K follows from them
+        cuts=cuts,
         context=config.context,
+        aux=config.aux,
         local_loss=config.local_loss,
         head=config.head,
         decoder=config.decoder,
@@ -259,7 +304,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.perf_counter()
-        totals = torch.zeros(config.k, dtype=torch.float64)
+        totals = torch.zeros(learner.k, dtype=torch.float64)
         seen = 0
         for step, (x, y, raw) in enumerate(data.train(generator), start=1):
             if config.channels_last:

@@ -15,25 +15,43 @@ from itertools import accumulate
 __all__ = ["min_max_partition", "uniform_partition", "group_sums"]
 
 
-def min_max_partition(costs: Sequence[float], k: int) -> list[int]:
-    """Split ``costs`` into ``k`` non-empty contiguous groups minimising the largest sum.
+def min_max_partition(
+    costs: Sequence[float],
+    k: int,
+    *,
+    split_costs: Sequence[tuple[float, float]] | None = None,
+) -> list[int]:
+    """Split ``costs`` into ``k`` non-empty contiguous groups minimising the largest cost.
 
     Example::
 
         >>> min_max_partition([4, 1, 1, 4, 2], 3)
         [2, 4]
+        >>> min_max_partition([4, 1, 1, 4, 2], 3, split_costs=[(0, 0), (9, 0), (0, 0), (0, 0)])
+        [1, 3]
 
     Returns the ``k - 1`` split indices: group ``i`` is ``costs[s[i-1]:s[i]]``.
-    Costs must be non-negative. Exact, in O(k n log n): with ``best[g][j]`` the
-    optimum for the first ``j`` chunks in ``g`` groups, ``best[g-1][i]`` grows
-    with ``i`` while the last group's sum ``S[j] - S[i]`` shrinks, so the best
-    ``i`` sits where the two cross and a binary search finds it.
+    A group costs the sum of its chunks, plus, with ``split_costs``, what a split
+    adds to the groups beside it: ``split_costs[s - 1] = (before, after)`` is
+    added to the group that ends at split ``s`` and to the one that starts there.
+    Costs must be non-negative.
+
+    Exact. Without split costs, O(k n log n): with ``best[g][j]`` the optimum for
+    the first ``j`` chunks in ``g`` groups, ``best[g-1][i]`` grows with ``i`` while
+    the last group's sum ``S[j] - S[i]`` shrinks, so the best ``i`` sits where the
+    two cross and a binary search finds it. Split costs break that order, so with
+    them every ``i`` is tried: O(k n^2). Of the splits that reach the optimum, the
+    one with the least total cost (the fewest split costs) is returned.
     """
     n = len(costs)
     if not 1 <= k <= n:
         raise ValueError(f"cannot split {n} chunks into {k} non-empty groups (need 1 <= k <= {n})")
     if any(c < 0 for c in costs):
         raise ValueError("costs must be non-negative")
+    if split_costs is not None:
+        if len(split_costs) != n - 1:
+            raise ValueError(f"need one (before, after) pair per split point ({n - 1})")
+        return _min_max_with_split_costs(costs, k, split_costs)
     prefix = [0, *accumulate(costs)]
     best = prefix[:]  # one group: the first j chunks cost prefix[j]
     choices: list[list[int]] = []
@@ -53,12 +71,7 @@ def min_max_partition(costs: Sequence[float], k: int) -> list[int]:
                         new_best[j], choice[j] = value, cand
         best = new_best
         choices.append(choice)
-    splits = []
-    j = n
-    for choice in reversed(choices):
-        j = choice[j]
-        splits.append(j)
-    return splits[::-1]
+    return _backtrack(choices, n)
 
 
 def uniform_partition(n: int, k: int) -> list[int]:
@@ -84,3 +97,48 @@ def group_sums(costs: Sequence[float], splits: Sequence[int]) -> list[float]:
     """
     bounds = [0, *splits, len(costs)]
     return [sum(costs[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def _backtrack(choices: list[list[int]], n: int) -> list[int]:
+    splits = []
+    j = n
+    for choice in reversed(choices):
+        j = choice[j]
+        splits.append(j)
+    return splits[::-1]
+
+
+def _min_max_with_split_costs(
+    costs: Sequence[float], k: int, split_costs: Sequence[tuple[float, float]]
+) -> list[int]:
+    n = len(costs)
+    prefix = [0, *accumulate(costs)]
+    # Nothing is added before the first chunk or after the last.
+    before = [0.0, *(b for b, _ in split_costs), 0.0]  # before[j]: a group ending at j
+    after = [0.0, *(a for _, a in split_costs), 0.0]  # after[i]: a group starting at i
+
+    def group(i: int, j: int) -> float:
+        return prefix[j] - prefix[i] + after[i] + before[j]
+
+    best = [group(0, j) for j in range(n + 1)]
+    for groups in range(2, k + 1):
+        best = [float("inf")] * groups + [
+            min(max(best[i], group(i, j)) for i in range(groups - 1, j))
+            for j in range(groups, n + 1)
+        ]
+    # Many splits reach the optimum (segments too small to matter can go anywhere);
+    # of those, take the one whose split costs add up to least.
+    bound = best[n] * (1 + 1e-9)
+    total = [group(0, j) if group(0, j) <= bound else float("inf") for j in range(n + 1)]
+    choices: list[list[int]] = []
+    for groups in range(2, k + 1):
+        new_total = [float("inf")] * (n + 1)
+        choice = [0] * (n + 1)
+        for j in range(groups, n + 1):
+            for i in range(groups - 1, j):
+                cost = group(i, j)
+                if cost <= bound and total[i] + cost < new_total[j]:
+                    new_total[j], choice[j] = total[i] + cost, i
+        total = new_total
+        choices.append(choice)
+    return _backtrack(choices, n)

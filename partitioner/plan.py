@@ -8,8 +8,9 @@ instance of the same model.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,6 +38,11 @@ __all__ = [
 
 OBJECTIVES = ("flops", "memory", "params", "time")
 PLAN_VERSION = 1
+
+ExtraCost = Callable[[Boundary], tuple[float, float]]
+"""What a boundary adds, under the objective, to the segment that ends there and to
+the one that starts there; e.g. the local head and the context bridge that local
+learning puts at each cut."""
 
 
 def check_objective(objective: str) -> None:
@@ -134,19 +140,66 @@ class Analysis:
                 f"(it has {len(self.cuts)} cut points), got {k}"
             )
 
-    def partition(self, k: int, objective: str = "flops") -> Partition:
+    def partition(
+        self, k: int, objective: str = "flops", *, extra_cost: ExtraCost | None = None
+    ) -> Partition:
         """Balance ``k`` segments under ``objective`` and split the model there.
 
         Example::
 
             analysis = analyze(model, torch.randn(1, 3, 32, 32))
             parts = {k: analysis.partition(k) for k in (2, 4, 8)}
+
+        ``extra_cost(boundary) -> (before, after)``, in the objective's units, is
+        added to the segments on either side of every cut considered.
         """
         self.check_k(k)
-        splits = min_max_partition(self.chunk_costs(objective), k)
-        return self.split([s - 1 for s in splits], objective)
+        split_costs = None
+        if extra_cost is not None:
+            split_costs = [extra_cost(self.boundary(cut)) for cut, _ in self.cuts]
+        splits = min_max_partition(self.chunk_costs(objective), k, split_costs=split_costs)
+        chosen = [s - 1 for s in splits]
+        extras = [0.0] * k
+        for g, i in enumerate(chosen if split_costs is not None else ()):
+            extras[g] += split_costs[i][0]
+            extras[g + 1] += split_costs[i][1]
+        return self.split(chosen, objective, extras)
 
-    def split(self, chosen: Sequence[int], objective: str) -> Partition:
+    def split_at(self, cuts: Sequence[str | Sequence[str]], objective: str = "flops") -> Partition:
+        """Split after the named nodes, in order: an explicit plan instead of balancing.
+
+        Example::
+
+            part = analyze(model, x).split_at(["layer1_4_act2", "layer2_4_act2"])
+
+        A cut is a node name, or a tuple of names for a multi-tensor boundary.
+        """
+        index = {train.boundary: i for i, (train, _) in enumerate(self.cuts)}
+        chosen = []
+        for cut in cuts:
+            names = (cut,) if isinstance(cut, str) else tuple(cut)
+            if names not in index:
+                close = difflib.get_close_matches(names[0], [b[0] for b in index], n=3)
+                hint = f"; close ones: {', '.join(close)}" if close else ""
+                raise PartitionError(
+                    f"'{', '.join(names)}' is not a cut point of {type(self.model).__name__} "
+                    f"(`contsup split` lists where it can be cut){hint}"
+                )
+            chosen.append(index[names])
+        if chosen != sorted(set(chosen)):
+            raise PartitionError("cuts must be distinct and in the order of the model's graph")
+        return self.split(chosen, objective)
+
+    def boundary(self, cut: Cut) -> Boundary:
+        """The boundary spec of a cut candidate of the training graph."""
+        default_4d = getattr(self.model, "output_fmt", "NCHW")
+        default_4d = default_4d if default_4d in ("NCHW", "NHWC") else "NCHW"
+        by_name = {n.name: n for n in self.train.graph.nodes if n.name in cut.boundary}
+        return Boundary(tuple(self._spec(by_name[name], default_4d) for name in cut.boundary))
+
+    def split(
+        self, chosen: Sequence[int], objective: str, extra_costs: Sequence[float] | None = None
+    ) -> Partition:
         """Split at the candidates numbered ``chosen`` (indices into ``cuts``)."""
         cuts = [self.cuts[i] for i in chosen]
         train_graphs = segment_graphs(
@@ -157,16 +210,12 @@ class Analysis:
         )
         segments = [Segment(self.model, t, e) for t, e in zip(train_graphs, eval_graphs)]
         _assign_ownership(self.model, segments)
-        default_4d = getattr(self.model, "output_fmt", "NCHW")
-        default_4d = default_4d if default_4d in ("NCHW", "NHWC") else "NCHW"
-        by_name = {n.name: n for n in self.nodes}
-        boundaries = [
-            Boundary(tuple(self._spec(by_name[name], default_4d) for name in cut.boundary))
-            for cut, _ in cuts
-        ]
+        boundaries = [self.boundary(cut) for cut, _ in cuts]
         stats = self._stats(cuts, segments)
         x = self.example_input
-        return Partition(segments, boundaries, stats, objective, tuple(x.shape), str(x.dtype))
+        return Partition(
+            segments, boundaries, stats, objective, tuple(x.shape), str(x.dtype), extra_costs
+        )
 
     def _spec(self, node: fx.Node, default_4d: str) -> TensorSpec:
         value = self.train_values[node.name]
@@ -275,6 +324,8 @@ class Partition(nn.Module):
         boundaries: K-1 ``Boundary`` specs (node name, shape, dtype, layout).
         stats: K ``SegmentStats`` (first/last node, output shape, FLOPs, bytes, params).
         objective: what was balanced; ``imbalance``: max / mean segment cost under it.
+        extra_costs: K costs under the objective that ``extra_cost`` added to the
+            segments while balancing (zeros without it); ``imbalance`` counts them.
     """
 
     def __init__(
@@ -285,6 +336,7 @@ class Partition(nn.Module):
         objective: str,
         input_shape: tuple[int, ...],
         input_dtype: str,
+        extra_costs: Sequence[float] | None = None,
     ):
         super().__init__()
         self.segments = nn.ModuleList(segments)
@@ -293,6 +345,7 @@ class Partition(nn.Module):
         self.objective = objective
         self.input_shape = input_shape
         self.input_dtype = input_dtype
+        self.extra_costs = list(extra_costs) if extra_costs is not None else [0.0] * len(stats)
 
     @property
     def k(self) -> int:
@@ -300,7 +353,8 @@ class Partition(nn.Module):
 
     @property
     def imbalance(self) -> float:
-        return imbalance([objective_cost(s, self.objective) for s in self.stats])
+        costs = [objective_cost(s, self.objective) for s in self.stats]
+        return imbalance([c + e for c, e in zip(costs, self.extra_costs)])
 
     def forward(self, x: torch.Tensor) -> Any:
         x = self.segments[0](x)
@@ -323,6 +377,7 @@ class Partition(nn.Module):
                 "cuts": [[t.node for t in b.tensors] for b in self.boundaries],
                 "boundaries": [[asdict(t) for t in b.tensors] for b in self.boundaries],
                 "segments": [asdict(s) for s in self.stats],
+                "extra_costs": self.extra_costs,
             },
             indent=2,
         )
@@ -353,15 +408,16 @@ class Partition(nn.Module):
             ) from error
         if example_input is None:
             example_input = torch.empty(shape, dtype=dtype, device="meta")
+        elif list(example_input.shape[1:]) != list(shape[1:]):
+            raise PartitionError(
+                f"the plan was made for inputs of shape {tuple(shape[1:])}, not "
+                f"{tuple(example_input.shape[1:])}"
+            )
         analysis = analyze(model, example_input, measure_time=objective == "time", **kwargs)
-        index = {train.boundary: i for i, (train, _) in enumerate(analysis.cuts)}
-        for names in cut_names:
-            if names not in index:
-                raise PartitionError(
-                    f"the plan does not fit this model: it cuts at '{', '.join(names)}', "
-                    "which is not a cut point here"
-                )
-        return analysis.split([index[names] for names in cut_names], objective)
+        try:
+            return analysis.split_at(cut_names, objective)
+        except PartitionError as error:
+            raise PartitionError(f"the plan does not fit this model: {error}") from error
 
 
 def partition(
@@ -372,6 +428,7 @@ def partition(
     *,
     max_boundary_tensors: int = 1,
     leaf_modules: Iterable[type[nn.Module]] = (),
+    extra_cost: ExtraCost | None = None,
 ) -> Partition:
     """Cut ``model`` into ``k`` segments balanced under ``objective``.
 
@@ -390,6 +447,9 @@ def partition(
             backward), ``params`` (parameter bytes) or ``time`` (measured).
         max_boundary_tensors: allow cuts where up to this many tensors cross.
         leaf_modules: extra module classes fx should not trace into.
+        extra_cost: ``extra_cost(boundary) -> (before, after)``: what a cut there
+            adds to the segment that ends at it and to the one that starts at it,
+            in the objective's units (local learning's heads and bridges).
 
     The segments share the model's parameters. The model's mode at call time does
     not matter: segments follow their own ``.train()``/``.eval()``.
@@ -402,7 +462,7 @@ def partition(
         max_boundary_tensors=max_boundary_tensors,
         leaf_modules=leaf_modules,
     )
-    return analysis.partition(k, objective)
+    return analysis.partition(k, objective, extra_cost=extra_cost)
 
 
 def _assign_ownership(model: nn.Module, segments: Sequence[Segment]) -> None:

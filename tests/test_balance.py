@@ -65,3 +65,44 @@ def test_rejects_impossible_k(k):
 def test_rejects_negative_costs():
     with pytest.raises(ValueError, match="non-negative"):
         min_max_partition([1, -2, 3], 2)
+
+
+def grouped_costs(costs, splits, split_costs):
+    """Each group's cost: its chunks, plus what the splits beside it add."""
+    sums = group_sums(costs, splits)
+    for g, s in enumerate(splits):
+        before, after = split_costs[s - 1]
+        sums[g] += before
+        sums[g + 1] += after
+    return sums
+
+
+@settings(max_examples=300, deadline=None)
+@given(costs_and_k(st.integers(0, 50)), st.data())
+def test_optimal_with_split_costs(case, data):
+    costs, k = case
+    pair = st.tuples(st.integers(0, 60), st.integers(0, 60))
+    split_costs = data.draw(st.lists(pair, min_size=len(costs) - 1, max_size=len(costs) - 1))
+    splits = min_max_partition(costs, k, split_costs=split_costs)
+    assert len(splits) == k - 1 and splits == sorted(set(splits))
+    every = [
+        grouped_costs(costs, list(s), split_costs)
+        for s in itertools.combinations(range(1, len(costs)), k - 1)
+    ]
+    best = min(max(g) for g in every)
+    got = grouped_costs(costs, splits, split_costs)
+    assert max(got) == best
+    # Among the optimal splits, the cheapest in total.
+    assert sum(got) == min(sum(g) for g in every if max(g) == best)
+
+
+def test_zero_split_costs_change_nothing():
+    costs = [(i * 7919) % 101 + 1 for i in range(60)]
+    plain = min_max_partition(costs, 8)
+    zeros = min_max_partition(costs, 8, split_costs=[(0, 0)] * 59)
+    assert max(group_sums(costs, zeros)) == max(group_sums(costs, plain))
+
+
+def test_split_costs_need_one_pair_per_split_point():
+    with pytest.raises(ValueError, match="one \\(before, after\\) pair per split point"):
+        min_max_partition([1, 2, 3], 2, split_costs=[(0, 0)])

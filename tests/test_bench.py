@@ -24,7 +24,7 @@ def rows():
 def test_local_k16_peak_is_below_end_to_end(rows):
     e2e = next(r for r in rows if r.mode == "e2e")
     for r in rows:
-        if r.mode == "local":
+        if r.mode in ("local", "floor"):
             assert r.activation_bytes < 0.5 * e2e.activation_bytes, r
             assert r.peak_bytes < e2e.peak_bytes, r
     checkpoint = next(r for r in rows if r.mode == "checkpoint")
@@ -75,15 +75,21 @@ def test_bench_json_schema():
         "predicted_peak_bytes",
     }
     assert all(keys <= set(r) for r in data["rows"])
-    assert [(r["mode"], r["k"], r["context"]) for r in data["rows"]] == [
-        ("e2e", 1, None),
-        ("checkpoint", 2, None),
-        ("local", 2, "R0"),
-        ("local", 2, "E"),
-        ("checkpoint", 4, None),
-        ("local", 4, "R0"),
-        ("local", 4, "E"),
+    assert [(r["mode"], r["k"], r["context"], r["head"]) for r in data["rows"]] == [
+        ("e2e", 1, None, None),
+        ("checkpoint", 2, None, None),
+        ("floor", 2, "R0", "0c1f"),
+        ("local", 2, "R0", "1c2f"),
+        ("local", 2, "E", "1c2f"),
+        ("checkpoint", 4, None, None),
+        ("floor", 4, "R0", "0c1f"),
+        ("local", 4, "R0", "1c2f"),
+        ("local", 4, "E", "1c2f"),
     ]
+    local = [r for r in data["rows"] if r["mode"] in ("floor", "local")]
+    assert all(0 < r["aux_params_fraction"] < 1 and r["aux"] == "scaled" for r in local)
+    floor, e = data["rows"][2], data["rows"][4]
+    assert floor["aux_flops_fraction"] < e["aux_flops_fraction"]
     assert all(r["step_time_s"] > 0 and r["images_per_s"] > 0 for r in data["rows"])
 
 

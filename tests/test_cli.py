@@ -82,6 +82,8 @@ def test_split_any_timm_model_with_input_size():
             "rejects an input of shape",
         ),
         (["models", "nothing_like_this*"], "no model matches"),
+        (["split", "resnet20", "--context", "R1E", "--aux", "bogus"], "unknown aux design"),
+        (["bench", "resnet20", "--aux", "bogus"], "unknown aux design 'bogus'"),
     ],
 )
 def test_user_errors_exit_2_with_one_sentence(args, message):
@@ -163,7 +165,10 @@ def test_train_multi_run_recipe_selects_a_run(tmp_path):
         (["train", "resnt20"], "unknown model 'resnt20'"),
         (["train", "resnet20", "--context", "R1X"], "unknown context mode 'R1X'"),
         (["train", "resnet20", "--head", "9x"], "unknown head '9x'"),
-        (["train", "resnet20", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "resnet20", "--dataset", "imagenet1k"], "unknown dataset 'imagenet1k'"),
+        (["train", "resnet20", "--aux", "bogus"], "unknown aux design 'bogus'"),
+        (["train", "resnet20", "--cuts", "layer9_9_act2"], "'layer9_9_act2' is not a cut point"),
+        (["train", "resnet20", "--plan", "/nonexistent/plan.json"], "cannot read plan"),
         (
             ["train", "resnet20", "--dataset", "cifar10", "--data-dir", "/nonexistent/x"],
             "pass --download",
@@ -189,19 +194,45 @@ def test_train_refuses_to_overwrite_a_run(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"keep me"
 
 
-def test_split_reports_bridge_overhead():
+def test_split_reports_the_aux_budget():
     result = run("split", "resnet32", "--k", "4", "--context", "R1E", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["context"] == "R1E"
+    assert (data["context"], data["aux"], data["head"]) == ("R1E", "scaled", "1c2f")
     segments = data["segments"]
-    assert segments[0]["bridge_params"] == 0 and segments[0]["bridge_flops"] == 0
+    assert segments[0]["bridge_params"] == 0 and segments[-1]["head_params"] == 0
     assert all(s["bridge_params"] > 0 and s["bridge_flops"] > 0 for s in segments[1:])
+    assert all(s["head_params"] > 0 and s["head_saved_bytes"] > 0 for s in segments[:-1])
     from contsup.learner import wrap
 
-    learner = wrap(timm.create_model("resnet32"), 4, context="R1E")
-    assert sum(s["bridge_params"] for s in segments) == sum(
-        p.numel() for p in learner.bridges.parameters()
+    cuts = [s["last_node"] for s in segments[:-1]]
+    learner = wrap(timm.create_model("resnet32"), context="R1E", cuts=cuts)
+    aux_params = sum(
+        p.numel() for p in [*learner.bridges.parameters(), *learner.heads.parameters()]
     )
+    assert sum(s["bridge_params"] + s["head_params"] for s in segments) == aux_params
+    backbone = sum(s["params"] for s in segments)
+    assert data["aux_fractions"]["params"] == pytest.approx(aux_params / backbone)
     table = run("split", "resnet32", "--k", "4", "--context", "R1E").output
-    assert "bridges add" in table and "bridge" in table
+    assert "heads and bridges add" in table and "aux params" in table
+
+
+def test_train_takes_a_saved_plan(tmp_path):
+    plan = tmp_path / "plan.json"
+    assert run("split", "resnet20", "--k", "3", "--save", str(plan)).exit_code == 0
+    cuts = json.loads(plan.read_text())["cuts"]
+    out = tmp_path / "run"
+    args = ["train", "resnet20", "--plan", str(plan), "--dataset", "synthetic", "--epochs", "1"]
+    result = run(*args, "--batch-size", "16", "--device", "cpu", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    from contsup.checkpoint import load_checkpoint
+
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert {k.split(".")[2] for k in state["learner"] if k.startswith("network.segments.")} == {
+        "0",
+        "1",
+        "2",
+    }
+    assert len(cuts) == 2
+    other = run("train", "resnet32", "--plan", str(plan), "--out", str(tmp_path / "o"))
+    assert other.exit_code == 2 and "a plan for resnet20, not resnet32" in other.output

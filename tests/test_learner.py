@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import contsup
-from contsup.bridges import pool_to
+import partitioner
+from contsup.auxiliary.paper import build_head
 from contsup.context import ContextMode, parse_context
-from contsup.geometry import FromMap, Geometry
-from contsup.heads import build_head, parse_head
+from contsup.geometry import FromMap, Geometry, pool_to
+from contsup.heads import parse_head
 from contsup.learner import recent_sources, wrap
 from contsup.losses import supervised_contrastive
 from contsup.memory import SavedTensorTracker
@@ -48,10 +49,21 @@ def test_unknown_context_mode_names_accepted_forms(text):
 
 
 def test_recent_sources():
-    assert recent_sources(0, 1) == [-1]
-    assert recent_sources(5, 1) == [4]
-    assert recent_sources(1, 4) == [0, -1]  # the image stands in, once
-    assert recent_sources(6, 4) == [5, 4, 3, 2]
+    r1, r4 = ContextMode(1, False), ContextMode(4, False)
+    assert recent_sources(0, r1) == [-1]
+    assert recent_sources(5, r1) == [4]
+    assert recent_sources(1, r4) == [0, -1]  # the image stands in, once
+    assert recent_sources(6, r4) == [5, 4, 3, 2]
+
+
+def test_with_e_the_image_does_not_also_stand_in():
+    """Reference R1E: at the first boundary only E is applied (no R1 encoder of the image)."""
+    assert recent_sources(0, ContextMode(1, True)) == []
+    assert recent_sources(1, ContextMode(4, True)) == [0]
+    assert recent_sources(3, ContextMode(1, True)) == [2]
+    learner = wrap(create("resnet20"), 4, context="R1E", aux="paper")
+    assert len(learner.bridges[0].recent) == 0 and learner.bridges[0].image is not None
+    assert all(len(b.recent) == 1 for b in learner.bridges[1:])
 
 
 @pytest.mark.parametrize("name,size,kwargs", MODELS, ids=[m[0] for m in MODELS])
@@ -73,7 +85,7 @@ def test_every_mode_and_head_builds_and_runs(name, size, kwargs):
 
 
 def test_cifar_heads_are_the_papers():
-    learner = wrap(create("resnet32"), 4, objective="memory")
+    learner = wrap(create("resnet32"), 4, objective="memory", aux="paper")
     convs = [[m for m in h if isinstance(m, nn.Conv2d)][0] for h in learner.heads]
     spec = [(c.in_channels, c.out_channels, c.stride[0], c.bias is None) for c in convs]
     widths = [b.shape[1] for b in learner.partition.boundaries]
@@ -105,14 +117,16 @@ def test_head_configs(config, convs, linears):
 
 
 def test_image_and_boundary_encoders_are_the_papers():
-    learner = wrap(create("resnet32"), 4, context="R1E")
+    learner = wrap(create("resnet32"), 4, context="R1E", aux="paper")
     bridge = learner.bridges[1]  # feeds a 32x16x16 boundary
     image = [m for m in bridge.image if not isinstance(m, FromMap)]
     assert [type(m).__name__ for m in image] == [
         "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "AvgPool2d"
     ]  # fmt: skip
     assert (image[0].in_channels, image[0].out_channels, image[0].kernel_size) == (3, 12, (3, 3))
-    assert image[0].bias is not None and image[3].out_channels == 32
+    # Reference: both convs of E have a bias.
+    assert image[0].bias is not None and image[3].bias is not None
+    assert image[3].out_channels == 32
     x = torch.randn(2, 3, 32, 32)
     assert bridge.image(x).shape == (2, 32, 16, 16)
     (encoder,) = bridge.recent
@@ -218,6 +232,8 @@ def test_decoder_loss_weights_interpolate():
 
 
 def test_supervised_contrastive_matches_its_definition():
+    """Reference: the per-anchor loss is averaged over all anchors of the batch; an
+    anchor without a positive (class 2 here) contributes 0."""
     torch.manual_seed(0)
     z, y = torch.randn(6, 5), torch.tensor([0, 1, 0, 1, 2, 0])
     n = F.normalize(z, dim=1)
@@ -228,11 +244,41 @@ def test_supervised_contrastive_matches_its_definition():
             terms.append((i, torch.log(torch.exp(n[i] @ n[j] / 0.07) / denominator)))
     per_anchor = [
         torch.stack([t for a, t in terms if a == i]).mean()
-        for i in range(6)
         if any(a == i for a, _ in terms)
+        else torch.tensor(0.0)
+        for i in range(6)
     ]
-    expected = -torch.stack(per_anchor).mean()
+    expected = -torch.stack(per_anchor).sum() / 6
     assert torch.allclose(supervised_contrastive(z, y), expected, atol=1e-5)
+
+
+def test_paper_aux_modules_use_the_reference_init():
+    """Reference: every conv of heads, bridges and decoder ~ normal(0, sqrt(2/(k*k*out)));
+    BN weight 1, bias 0."""
+    torch.manual_seed(0)
+    learner = wrap(create("resnet32"), 4, context="R1E", aux="paper", decoder=[1, 0, 0, 1])
+    convs = [
+        m
+        for part in (learner.heads, learner.bridges, learner.decoders)
+        for m in part.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    for conv in convs:
+        expected = (2 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels)) ** 0.5
+        if conv.weight.numel() >= 1000:  # enough samples for the spread to show
+            assert conv.weight.std().item() == pytest.approx(expected, rel=0.1), conv
+    norms = [m for m in learner.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)
+
+
+def test_paper_decoder_upsamples_with_aligned_corners_and_a_biased_conv():
+    """Reference: bilinear with align_corners=True; the first conv (C->12) has a bias."""
+    learner = wrap(create("resnet20"), 3, context="E", aux="paper", decoder=[1, 0, 0, 1])
+    decoder = learner.decoders[0]
+    upsample = next(m for m in decoder if isinstance(m, nn.Upsample))
+    assert upsample.mode == "bilinear" and upsample.align_corners is True
+    first = next(m for m in decoder if isinstance(m, nn.Conv2d))
+    assert first.out_channels == 12 and first.bias is not None
 
 
 @pytest.mark.parametrize(
@@ -267,3 +313,38 @@ def test_exported_network_pickles_and_default_input_follows_img_size(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+
+
+def test_k1_is_ordinary_end_to_end_backprop():
+    """wrap(model, 1): one segment, no heads or bridges, the model's gradients exactly."""
+    torch.manual_seed(0)
+    model = create("resnet20")
+    twin = create("resnet20")
+    twin.load_state_dict(model.state_dict())
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    learner = wrap(model, 1, context="R1E")
+    assert learner.k == 1 and len(learner.heads) == 0 and len(learner.bridges) == 0
+    step = learner.local_backward(x, y)
+    loss = F.cross_entropy(twin(x), y)
+    loss.backward()
+    assert step.losses == [loss.item()]
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_explicit_cuts_and_plans():
+    model = create("resnet32")
+    cuts = ["layer1_2_act2", "layer2_1_act2", "layer3_0_act2"]  # the paper's K=4
+    learner = wrap(model, context="R1E", cuts=cuts)
+    assert [b.node for b in learner.partition.boundaries] == cuts and learner.k == 4
+    again = wrap(create("resnet32"), 4, cuts=learner.partition)
+    assert [b.node for b in again.partition.boundaries] == cuts
+    with pytest.raises(partitioner.PartitionError, match="'layer9_0_act2' is not a cut point"):
+        wrap(model, cuts=["layer9_0_act2"])
+    with pytest.raises(partitioner.PartitionError, match="in the order"):
+        wrap(model, cuts=cuts[::-1])
+    with pytest.raises(ValueError, match="k=3 segments need 2 cuts, got 3"):
+        wrap(model, 3, cuts=cuts)
+    other_size = wrap(create("resnet32"), 2, example_input=torch.zeros(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="made for inputs of shape \\(3, 64, 64\\)"):
+        wrap(model, cuts=other_size.partition)

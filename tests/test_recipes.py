@@ -76,3 +76,36 @@ def test_malformed_recipe_names_the_field(tmp_path, text, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(RecipeError, match="cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+PAPER_RECIPES = [p for p in RECIPES if p.stem.startswith(("t1_", "t2_", "t3_", "t4_", "memory_"))]
+
+
+def test_paper_recipes_pin_the_papers_modules_and_cuts():
+    """T1-T4 and E* use aux paper and cut where PAPER.md's tables say, at cut points."""
+    import torch
+
+    import partitioner
+
+    candidates = {}
+    for path in PAPER_RECIPES:
+        recipe = load_recipe(path)
+        for name, overrides in recipe.runs:
+            config = TrainConfig(**{**recipe.base, **overrides})
+            assert config.aux == "paper", (path.name, name)
+            assert config.cuts, (path.name, name)
+            if config.model not in candidates:
+                model = timm.create_model(config.model)
+                analysis = partitioner.analyze(model, torch.zeros(2, 3, 32, 32, device="meta"))
+                candidates[config.model] = [c.boundary[0] for c, _ in analysis.cuts]
+            order = [candidates[config.model].index(c) for c in config.cuts]
+            assert order == sorted(set(order)), (path.name, name)
+    t3 = dict(load_recipe(Path("recipes/t3_resnet110_cifar10.yaml")).runs)
+    # ResNet-110 K=16: [1,1/4/7/10/13/16] [2,1/4/7/11/15] [3,1/5/9/13]
+    assert t3["K16"]["cuts"] == [
+        *(f"layer1_{b}_act2" for b in (1, 4, 7, 10, 13, 16)),
+        *(f"layer2_{b}_act2" for b in (1, 4, 7, 11, 15)),
+        *(f"layer3_{b}_act2" for b in (1, 5, 9, 13)),
+    ]
+    t1 = load_recipe(Path("recipes/t1_resnet32_k16_cifar10.yaml"))
+    assert t1.base["cuts"][0] == "act1" and len(t1.base["cuts"]) == 15  # [0,0]: the stem

@@ -1,0 +1,102 @@
+"""Aux designs: how local heads, context encoders and decoders are built.
+
+A design turns a boundary's ``Geometry`` into modules; the learner does the rest
+(which boundaries feed which, detaching, summing into ``Bridge``). Two designs:
+
+* ``paper``: the reference implementation's modules, exactly (shared/PAPER.md).
+  Built for 32 px CIFAR: full-resolution encoders and heads as wide as the network.
+* ``scaled``: the default. Pools to the boundary's grid before anything learned
+  runs, keeps widths small and fixed, and uses LayerNorm + token mean on token
+  layouts, so heads and bridges stay a small fraction of the backbone at 224 px.
+
+Example::
+
+    design = get_design("scaled")
+    head = design.head("1c2f", Geometry("NCHW", 256, 56, 56), out_features=10, width=2048)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from contsup.bridges import Bridge
+from contsup.context import ContextMode
+from contsup.geometry import Geometry
+
+__all__ = ["AUX_DESIGNS", "AuxDesign", "AuxConfig", "get_design"]
+
+
+@dataclass(frozen=True)
+class AuxDesign:
+    """The builders of one design; each takes geometries and returns an ``nn.Module``.
+
+    ``image_encoder(image, target)`` and ``boundary_encoder(source, target)`` map the
+    raw image or an earlier boundary to a tensor shaped like ``target``;
+    ``head(config, geometry, out_features, width)`` scores a boundary;
+    ``decoder(geometry, image)`` reconstructs the image from a boundary.
+    """
+
+    name: str
+    image_encoder: Callable[[Geometry, Geometry], nn.Module]
+    boundary_encoder: Callable[[Geometry, Geometry], nn.Module]
+    head: Callable[[str, Geometry, int, int], nn.Module]
+    decoder: Callable[[Geometry, Geometry], nn.Module]
+
+
+def _designs() -> dict[str, AuxDesign]:
+    from contsup.auxiliary import paper, scaled
+
+    return {design.name: design for design in (paper.DESIGN, scaled.DESIGN)}
+
+
+AUX_DESIGNS = ("scaled", "paper")
+
+
+def get_design(name: str) -> AuxDesign:
+    """The design called ``name``; a ValueError in one sentence for an unknown name.
+
+    Example::
+
+        >>> get_design("paper").name
+        'paper'
+    """
+    designs = _designs()
+    if name not in designs:
+        raise ValueError(
+            f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
+            "size) or 'paper' (the reference implementation's modules)"
+        )
+    return designs[name]
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    """Everything that decides the aux modules at a boundary, but the boundary itself.
+
+    Example::
+
+        config = AuxConfig("scaled", parse_context("R1E"), "1c2f", 10, 64, image)
+        head, decoder, bridge = config.modules_at(target, sources=[previous])
+    """
+
+    design: str
+    mode: ContextMode
+    head: str
+    out_features: int
+    width: int  # the network's final width (the paper's heads widen up to it)
+    image: Geometry
+    decoder: bool = False
+
+    def modules_at(
+        self, target: Geometry, sources: Sequence[Geometry]
+    ) -> tuple[nn.Module, nn.Module | None, Bridge]:
+        """(head, decoder or None, bridge) for a boundary of ``target`` reading ``sources``."""
+        design = get_design(self.design)
+        head = design.head(self.head, target, self.out_features, self.width)
+        decoder = design.decoder(target, self.image) if self.decoder else None
+        recent = [design.boundary_encoder(g, target) for g in sources]
+        image = design.image_encoder(self.image, target) if self.mode.image else None
+        return head, decoder, Bridge(recent, image)

@@ -1,0 +1,130 @@
+"""The paper's aux modules, as the reference implementation defines them (PAPER.md).
+
+Context encoders, for feature maps:
+
+* image (``E``): Conv3x3(3->12, bias) -> BN -> ReLU -> Conv3x3(12->C, bias) -> BN ->
+  ReLU -> AdaptiveAvgPool2d(H x W), on the full-resolution image;
+* earlier boundary (``Rn``): Conv1x1(C_in->C, bias) -> BN -> ReLU -> AdaptiveAvgPool2d(H x W).
+
+Heads: the first conv doubles the channels, with stride 2, until it reaches the
+network's width; then it keeps them at stride 1. On the CIFAR ResNets that is
+the paper's 16->32 s2, 32->64 s2, 64->64 s1.
+
+Decoder (InfoPro-style): bilinear up to the image (``align_corners=True``),
+Conv3x3(C->12, bias) -> BN -> ReLU -> Conv3x3(12->3) -> Sigmoid.
+
+Init, as the reference: every Conv2d normal(0, sqrt(2 / (k * k * out_channels))),
+BatchNorm weight 1 and bias 0, Linear PyTorch's default.
+
+Other layouts pass through ``ToMap``/``FromMap``. Built for 32 px inputs: at
+224 px these modules cost more than the backbone (see ``contsup.auxiliary.scaled``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from contsup.auxiliary import AuxDesign
+from contsup.geometry import FromMap, Geometry, ToMap, pool_to
+from contsup.heads import linear_layers, parse_head
+
+__all__ = ["DESIGN", "ImageEncoder", "BoundaryEncoder", "build_head", "ReconstructionDecoder"]
+
+
+def reference_init(module: nn.Module) -> nn.Module:
+    """The reference's init for every conv and norm in ``module``; returns ``module``.
+
+    Example::
+
+        head = reference_init(nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32)))
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+class ImageEncoder(nn.Sequential):
+    """The ``E`` encoder: raw image -> a tensor shaped like the boundary."""
+
+    def __init__(self, image: Geometry, target: Geometry, hidden: int = 12):
+        super().__init__(
+            nn.Conv2d(image.channels, hidden, 3, padding=1, bias=True),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, target.channels, 3, padding=1, bias=True),
+            nn.BatchNorm2d(target.channels),
+            nn.ReLU(inplace=True),
+            pool_to(image, target),
+            FromMap(target),
+        )
+        reference_init(self)
+
+
+class BoundaryEncoder(nn.Sequential):
+    """The ``Rn`` encoder: an earlier boundary input -> a tensor shaped like this boundary."""
+
+    def __init__(self, source: Geometry, target: Geometry):
+        super().__init__(
+            ToMap(source),
+            nn.Conv2d(source.channels, target.channels, 1, bias=True),
+            nn.BatchNorm2d(target.channels),
+            nn.ReLU(inplace=True),
+            pool_to(source, target),
+            FromMap(target),
+        )
+        reference_init(self)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def build_head(config: str, geometry: Geometry, out_features: int, width: int) -> nn.Sequential:
+    """The paper's local head for a boundary of ``geometry``.
+
+    Example::
+
+        head = build_head("1c2f", Geometry("NCHW", 16, 32, 32), out_features=10, width=64)
+
+    ``width`` caps the conv layers' channels (the network's final width).
+    """
+    convs, linears = parse_head(config)
+    layers: list[nn.Module] = [ToMap(geometry)]
+    channels, size = geometry.channels, min(geometry.height, geometry.width)
+    for i in range(convs):
+        out = min(2 * channels, max(width, channels)) if i == 0 else channels
+        stride = 2 if out > channels and size > 1 else 1
+        layers += _conv_bn_relu(channels, out, stride)
+        channels, size = out, (size + 1) // stride
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    return reference_init(nn.Sequential(*layers, *linear_layers(channels, linears, out_features)))
+
+
+class ReconstructionDecoder(nn.Sequential):
+    """InfoPro-style decoder: boundary -> image in [0, 1] (bilinear up, two convs, sigmoid)."""
+
+    def __init__(self, geometry: Geometry, image: Geometry, hidden: int = 12):
+        super().__init__(
+            ToMap(geometry),
+            nn.Upsample(size=(image.height, image.width), mode="bilinear", align_corners=True),
+            nn.Conv2d(geometry.channels, hidden, 3, padding=1, bias=True),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, image.channels, 3, padding=1),
+            nn.Sigmoid(),
+        )
+        reference_init(self)
+
+
+DESIGN = AuxDesign("paper", ImageEncoder, BoundaryEncoder, build_head, ReconstructionDecoder)

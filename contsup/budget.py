@@ -1,0 +1,188 @@
+"""What local learning adds to a backbone at each boundary, measured on the meta device.
+
+Every boundary gets a local head (scored at the end of the segment before it)
+and a context bridge (run at the start of the segment after it). ``AuxCost``
+holds their parameters, forward FLOPs and bytes saved for backward. The same
+numbers serve two purposes: ``extra_cost_hook`` lets the partitioner balance
+segments with their aux modules counted, and ``aux_budget`` reports them next
+to the backbone's (``contsup split --context``, ``contsup bench``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import partitioner
+from contsup.auxiliary import AuxConfig
+from contsup.geometry import Geometry, geometry_of
+from contsup.memory import SavedTensorTracker
+from partitioner.cost import count_flops
+
+STATIC_COPIES = 3  # a parameter, its gradient and SGD's momentum buffer
+
+__all__ = ["AuxCost", "aux_costs", "extra_cost_hook", "AuxBudget", "aux_budget"]
+
+
+@dataclass(frozen=True)
+class AuxCost:
+    """Parameters, forward FLOPs and bytes saved for backward of one aux module."""
+
+    params: int = 0
+    param_bytes: int = 0
+    flops: int = 0
+    saved_bytes: int = 0
+
+    def __add__(self, other: AuxCost) -> AuxCost:
+        return AuxCost(
+            self.params + other.params,
+            self.param_bytes + other.param_bytes,
+            self.flops + other.flops,
+            self.saved_bytes + other.saved_bytes,
+        )
+
+    def under(self, objective: str) -> float:
+        """This cost in the units the partitioner balances under ``objective``.
+
+        Under ``memory`` a cut's aux modules cost what they save for backward plus
+        their parameters, gradients and momentum: memory the cut itself adds.
+        """
+        return {
+            "flops": self.flops,
+            "memory": self.saved_bytes + STATIC_COPIES * self.param_bytes,
+            "params": self.param_bytes,
+        }.get(objective, 0.0)
+
+
+def _measure(module: nn.Module, *args, owned: Sequence[torch.Tensor] = ()) -> AuxCost:
+    """Run ``module(*args)`` twice on meta tensors: once for FLOPs, once for saved bytes.
+
+    ``owned`` are inputs whose storage the segment already holds (not counted).
+    """
+    params = list(module.parameters())
+    with SavedTensorTracker([*params, *owned]) as tracker:
+        module(*args)
+    return AuxCost(
+        params=sum(p.numel() for p in params),
+        param_bytes=sum(p.numel() * p.element_size() for p in params),
+        flops=count_flops(module, *args),
+        saved_bytes=tracker.peak_bytes,
+    )
+
+
+def _meta(geometry: Geometry, batch: int) -> torch.Tensor:
+    g = geometry
+    shape = {
+        "NCHW": (batch, g.channels, g.height, g.width),
+        "NHWC": (batch, g.height, g.width, g.channels),
+        "NLC": (batch, g.prefix_tokens + g.height * g.width, g.channels),
+        "NC": (batch, g.channels),
+    }[g.layout]
+    return torch.empty(shape, device="meta")
+
+
+def aux_costs(
+    config: AuxConfig, target: Geometry, sources: Sequence[Geometry], batch: int
+) -> tuple[AuxCost, AuxCost]:
+    """(head, bridge) costs at a boundary of ``target`` whose bridge reads ``sources``.
+
+    Example::
+
+        head, bridge = aux_costs(learner.aux_config, target, [previous], batch=32)
+
+    The head (and decoder) read the segment's output, which the segment holds, so
+    its storage is not counted; the bridge's inputs are detached, as in training.
+    """
+    with torch.device("meta"):
+        head, decoder, bridge = config.modules_at(target, sources)
+    h = _meta(target, batch).requires_grad_()
+    head_cost = _measure(head, h, owned=[h])
+    if decoder is not None:
+        head_cost = head_cost + _measure(decoder, h, owned=[h])
+    image = _meta(config.image, batch)
+    bridge_cost = _measure(bridge, h.detach(), [_meta(g, batch) for g in sources], image)
+    return head_cost, bridge_cost
+
+
+def extra_cost_hook(
+    model: nn.Module, objective: str, cost_at: Callable[[Geometry], tuple[AuxCost, AuxCost]]
+) -> partitioner.plan.ExtraCost:
+    """The partitioner's ``extra_cost``: a cut's head before it, its bridge after it.
+
+    Example::
+
+        hook = extra_cost_hook(model, "memory", lambda g: aux_costs(config, g, [g], 32))
+        part = partitioner.partition(model, x, k, "memory", extra_cost=hook)
+
+    ``cost_at(geometry)`` prices the aux modules at one boundary; results are
+    cached by geometry, since most cut candidates share a few shapes.
+    """
+    cache: dict[Geometry, tuple[float, float]] = {}
+
+    def extra_cost(boundary: partitioner.Boundary) -> tuple[float, float]:
+        # A cut local learning cannot use (wrap refuses it) is never worth choosing.
+        if len(boundary.tensors) != 1:
+            return math.inf, math.inf
+        try:
+            target = geometry_of(boundary.tensors[0], model)
+        except ValueError:
+            return math.inf, math.inf
+        if target not in cache:
+            head, bridge = cost_at(target)
+            cache[target] = head.under(objective), bridge.under(objective)
+        return cache[target]
+
+    return extra_cost
+
+
+@dataclass(frozen=True)
+class AuxBudget:
+    """Per segment: the backbone's cost and the aux modules' (its head and input bridge)."""
+
+    backbone: list[AuxCost]
+    heads: list[AuxCost]  # K entries; the last segment's is the model's own (zero)
+    bridges: list[AuxCost]  # K entries; the first segment's is zero
+
+    @property
+    def aux(self) -> list[AuxCost]:
+        return [h + b for h, b in zip(self.heads, self.bridges)]
+
+    def fractions(self) -> dict[str, float]:
+        """Total aux params, FLOPs and saved bytes as fractions of the backbone's."""
+        aux = sum(self.aux, AuxCost())
+        backbone = sum(self.backbone, AuxCost())
+        return {
+            "params": aux.params / max(backbone.params, 1),
+            "flops": aux.flops / max(backbone.flops, 1),
+            "saved_bytes": aux.saved_bytes / max(backbone.saved_bytes, 1),
+        }
+
+
+def aux_budget(
+    config: AuxConfig, geometries: Sequence[Geometry], stats: Sequence, batch: int
+) -> AuxBudget:
+    """Measure every segment's aux modules, with the sources its bridge really reads.
+
+    Example::
+
+        budget = aux_budget(learner.aux_config, learner.geometries, learner.partition.stats, 32)
+        budget.fractions()   # {'params': 0.04, 'flops': 0.02, 'saved_bytes': 0.05}
+
+    ``stats`` are the partition's ``SegmentStats``; their FLOPs and bytes must be
+    measured at batch size ``batch``.
+    """
+    from contsup.learner import gather_sources
+
+    heads, bridges = [], [AuxCost()]
+    for k, target in enumerate(geometries):
+        sources = gather_sources(k, config.mode, geometries, config.image)
+        head, bridge = aux_costs(config, target, sources, batch)
+        heads.append(head)
+        bridges.append(bridge)
+    heads.append(AuxCost())
+    backbone = [AuxCost(s.params, s.param_bytes, s.flops, s.activation_bytes) for s in stats]
+    return AuxBudget(backbone, heads, bridges)

@@ -1,0 +1,104 @@
+"""The aux designs: ``scaled`` stays small at 224 px, ``paper`` is picked by name."""
+
+import math
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import partitioner
+from contsup.auxiliary import get_design
+from contsup.budget import aux_budget
+from contsup.learner import wrap
+from tests.conftest import create
+
+
+def meta_learner(name, k, size=224, batch=8, **kwargs):
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=10)
+    x = torch.empty(batch, 3, size, size, device="meta")
+    return wrap(model, k, example_input=x, **kwargs)
+
+
+def budget_of(learner):
+    batch = learner.partition.input_shape[0]
+    return aux_budget(learner.aux_config, learner.geometries, learner.partition.stats, batch)
+
+
+def test_unknown_design_is_one_sentence():
+    with pytest.raises(ValueError, match="unknown aux design 'bogus'.*'scaled'.*'paper'"):
+        get_design("bogus")
+    with pytest.raises(ValueError, match="unknown aux design"):
+        wrap(create("resnet20"), 2, aux="bogus")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "vit_small_patch16_224"])
+def test_nothing_learned_runs_above_the_boundary_grid(name):
+    """Every conv of a bridge or head sees at most twice its boundary's grid a side."""
+    learner = meta_learner(name, 6, context="R2E")
+    seen = []
+    for k, (bridge, head) in enumerate(zip(learner.bridges, learner.heads)):
+        for conv in (m for part in (bridge, head) for m in part.modules()):
+            if isinstance(conv, nn.Conv2d):
+                conv.register_forward_pre_hook(lambda m, a, k=k: seen.append((k, a[0].shape)))
+    learner.network(torch.empty(8, 3, 224, 224, device="meta"))
+    for head, boundary in zip(learner.heads, learner.partition.boundaries):
+        head(torch.empty(boundary.shape, device="meta"))
+    assert len({k for k, _ in seen}) == learner.k - 1
+    for k, shape in seen:
+        g = learner.geometries[k]
+        assert shape[-2] <= 2 * g.height and shape[-1] <= 2 * g.width, (k, shape, g)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "vit_small_patch16_224"])
+def test_scaled_heads_never_widen_and_bridges_start_as_identity(name):
+    learner = meta_learner(name, 4, context="R1E")
+    for head, g in zip(learner.heads, learner.geometries):
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d):
+                assert m.out_channels <= g.channels
+    real = wrap(create("resnet20"), 4, context="R2E")
+    x = torch.randn(2, 3, 32, 32)
+    h = torch.randn(2, *real.partition.boundaries[1].shape[1:])
+    sources = real.network.sources(1, [torch.randn(2, *real.partition.boundaries[0].shape[1:])], x)
+    assert torch.equal(real.bridges[1](h, sources, x), h)
+
+
+def test_scaled_costs_a_fraction_of_paper_at_224_px():
+    """The issue's budget: aux params and FLOPs <= 10% of resnet50's at K=16."""
+    scaled = budget_of(meta_learner("resnet50", 16, context="R1E", objective="memory"))
+    paper = budget_of(meta_learner("resnet50", 16, context="R1E", objective="memory", aux="paper"))
+    fractions = scaled.fractions()
+    assert fractions["params"] <= 0.10 and fractions["flops"] <= 0.10
+    assert fractions["saved_bytes"] < paper.fractions()["saved_bytes"] / 20
+    # Each segment's step with its aux modules stays within 15% of the largest bare segment.
+    steps = [b.saved_bytes + a.saved_bytes for b, a in zip(scaled.backbone, scaled.aux)]
+    assert max(steps) <= 1.15 * max(b.saved_bytes for b in scaled.backbone)
+
+
+def test_token_heads_pool_tokens_then_normalise():
+    learner = meta_learner("vit_small_patch16_224", 4, context="R1E")
+    kinds = [type(m).__name__ for m in learner.heads[0]]
+    assert kinds[:2] == ["TokenMean", "LayerNorm"] and "Conv2d" not in kinds
+
+
+def test_balancing_counts_aux_costs():
+    """A cut whose aux modules are priced out is avoided; with none, cuts are plain."""
+    model = create("resnet20")
+    x = torch.zeros(2, 3, 32, 32)
+    plain = partitioner.partition(model, x, 4, "flops")
+    banned = {b.tensors[0].node for b in plain.boundaries}
+
+    def extra_cost(boundary):
+        return (math.inf, 0.0) if boundary.tensors[0].node in banned else (0.0, 0.0)
+
+    moved = partitioner.partition(model, x, 4, "flops", extra_cost=extra_cost)
+    assert banned.isdisjoint(b.tensors[0].node for b in moved.boundaries)
+    priced = partitioner.partition(model, x, 4, "flops", extra_cost=lambda b: (1e6, 2e6))
+    assert priced.extra_costs == [1e6, 3e6, 3e6, 2e6]
+    assert priced.imbalance == pytest.approx(
+        max(s.flops + e for s, e in zip(priced.stats, priced.extra_costs))
+        / (sum(s.flops for s in priced.stats) + 9e6)
+        * 4
+    )
