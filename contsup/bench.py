@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import partitioner
-from contsup.budget import aux_budget
+from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
 
@@ -153,7 +153,7 @@ def _predict_checkpoint(part: partitioner.Partition, x: torch.Tensor) -> int:
 
 
 def _predicted_static(params: Sequence[torch.Tensor]) -> int:
-    return 3 * _nbytes(params)  # parameter, gradient, momentum buffer
+    return STATIC_COPIES * _nbytes(params)
 
 
 def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -245,7 +245,6 @@ def run_bench(
         del model, part, optimizer, step
 
         meta_x = torch.empty(x.shape, device="meta")
-        configs = [("local", c, head) for c in contexts]
         reference = wrap(
             meta_model,
             k,
@@ -257,7 +256,7 @@ def run_bench(
         )
         # The floor runs at the first context row's cuts: the two then differ only
         # by what its heads and bridges add.
-        configs.insert(0, ("floor", "R0", "0c1f"))
+        configs = [("floor", "R0", "0c1f"), *(("local", c, head) for c in contexts)]
         for mode, context, head_config in configs:
             options = dict(context=context, aux=aux, head=head_config, objective=objective)
             if mode == "floor":

@@ -1,7 +1,9 @@
 """Context-supply bridges: h'_k = h_k + sum_j M_j(c_j), one bridge per boundary.
 
-The encoders M_j come from an aux design (``contsup.auxiliary``); a bridge only
-sums. The learner decides what is detached.
+Every bridge is called as ``bridge(h, [c_1, ...], x)``: the boundary tensor, the
+earlier boundary inputs it reads (most recent first) and the raw image. The
+learner decides what is detached. ``Bridge`` sums one encoder per source (the
+paper's form); an aux design may build its own (``contsup.auxiliary.scaled``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ class Bridge(nn.Module):
 
     Example::
 
-        design = get_design("scaled")
-        bridge = Bridge([design.boundary_encoder(g_prev, g)], design.image_encoder(img, g))
+        bridge = Bridge([BoundaryEncoder(g_prev, g)], ImageEncoder(image, g))  # paper.py
         h_aug = bridge(h.detach(), [prev.detach()], x)
 
     ``recent`` encode the earlier tensors this boundary reads, most recent first;

@@ -129,11 +129,11 @@ def extra_cost_hook(
             return math.inf, math.inf
         try:
             target = geometry_of(boundary.tensors[0], model)
+            if target not in cache:
+                head, bridge = cost_at(target)
+                cache[target] = head.under(objective), bridge.under(objective)
         except ValueError:
             return math.inf, math.inf
-        if target not in cache:
-            head, bridge = cost_at(target)
-            cache[target] = head.under(objective), bridge.under(objective)
         return cache[target]
 
     return extra_cost

@@ -107,6 +107,14 @@ class Batches:
     def test(self) -> Iterator[tuple[torch.Tensor, ...]]:
         raise NotImplementedError
 
+    def take(self, train: int | None, test: int | None) -> None:
+        """Keep only the first ``train`` training and ``test`` test images (None: all)."""
+        if train is not None or test is not None:
+            raise DataError(
+                f"{self.info.name} streams from disk; train_images and test_images work with "
+                "the datasets held on the device (cifar*, svhn, digits, mnist, fashion_mnist)"
+            )
+
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.mean) / self.std
 
@@ -123,6 +131,14 @@ class DeviceBatches(Batches):
         self.test_images = test_images.to(self.device)
         self.test_labels = test_labels.to(self.device)
         self.train_size, self.test_size = len(train_labels), len(test_labels)
+
+    def take(self, train: int | None, test: int | None) -> None:
+        for name, count in (("train_images", train), ("test_images", test)):
+            if count is not None and count < 1:
+                raise DataError(f"{name} must be at least 1, got {count}")
+        self.train_images, self.train_labels = self.train_images[:train], self.train_labels[:train]
+        self.test_images, self.test_labels = self.test_images[:test], self.test_labels[:test]
+        self.train_size, self.test_size = len(self.train_labels), len(self.test_labels)
 
     def train(self, generator: torch.Generator):
         order = torch.randperm(self.train_size, generator=generator)

@@ -101,12 +101,15 @@ class ContextNetwork(nn.Module):
         if len(inputs) > self.mode.recent:
             inputs[-1 - self.mode.recent] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, on_boundary=None) -> torch.Tensor:
+        """Logits; ``on_boundary(k, h_k)`` sees each segment's output on the way."""
         inputs: list = []
         h = x
         for k, segment in enumerate(self.segments):
             out = segment(h)
             if k < len(self.bridges):
+                if on_boundary is not None:
+                    on_boundary(k, out)
                 h = self.bridges[k](out, self.sources(k, inputs, x), x)
                 self.keep(inputs, h)
         return out
@@ -326,9 +329,9 @@ def wrap(
                 f"the plan was made for inputs of shape {tuple(cuts.input_shape[1:])}, "
                 f"not {tuple(x.shape[1:])}"
             )
-        cuts = [b.tensors[0].node if len(b.tensors) == 1 else b.tensors for b in cuts.boundaries]
+        cuts = [tuple(t.node for t in b.tensors) for b in cuts.boundaries]
     if cuts is not None:
-        cuts = [c if isinstance(c, str) else tuple(t.node for t in c) for c in cuts]
+        cuts = list(cuts)
         if k is not None and k != len(cuts) + 1:
             raise ValueError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
         k = len(cuts) + 1

@@ -50,6 +50,8 @@ class TrainConfig:
     plan: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
+    train_images: int | None = None
+    test_images: int | None = None
     data_dir: str = DEFAULT_DATA_DIR
     download: bool = False
     workers: int = 4
@@ -81,6 +83,8 @@ class TrainConfig:
         "plan",
         "model_kwargs",
         "dataset",
+        "train_images",
+        "test_images",
         "epochs",
         "batch_size",
         "lr",
@@ -147,26 +151,40 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 def _write_metrics(out: Path, metrics: list[dict]) -> None:
     write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-    columns = [k for k in metrics[0] if k != "segment_losses"] if metrics else []
-    k = len(metrics[0]["segment_losses"]) if metrics else 0
+    lists = {"segment_losses": "loss_segment", "head_accuracies": "head_accuracy"}
+    first = metrics[0] if metrics else {}
+    columns = [k for k in first if k not in lists]
+    expanded = [(key, len(first[key])) for key in lists if key in first]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(columns + [f"loss_segment_{i}" for i in range(k)])
+    header = [f"{lists[key]}_{i}" for key, n in expanded for i in range(n)]
+    writer.writerow(columns + header)
     for m in metrics:
-        writer.writerow([m[c] for c in columns] + m["segment_losses"])
+        writer.writerow([m[c] for c in columns] + [v for key, _ in expanded for v in m[key]])
     write_text_atomic(out / "metrics.csv", buffer.getvalue())
 
 
-def evaluate(learner: LocalLearner, data: Batches, autocast: torch.dtype | None) -> float:
-    """Top-1 accuracy of the inference model (segments and bridges) on the test split."""
+def evaluate(
+    learner: LocalLearner, data: Batches, autocast: torch.dtype | None
+) -> tuple[float, list[float]]:
+    """Top-1 accuracy of the inference model (segments and bridges) on the test split,
+    and of each local head on its boundary (empty for the contrastive loss, whose
+    heads give features, not classes): how linearly separable each depth is."""
     learner.eval()
     correct = 0
+    with_heads = learner.local_loss == "ce"
+    head_correct = torch.zeros(len(learner.heads) if with_heads else 0, dtype=torch.long)
+
+    def score_head(k: int, h: torch.Tensor) -> None:
+        head_correct[k] += (learner.heads[k](h).argmax(1) == y).sum().item()
+
     with torch.no_grad():
         for x, y, _ in data.test():
             with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-                correct += (learner(x).argmax(1) == y).sum().item()
+                logits = learner.network(x, on_boundary=score_head if with_heads else None)
+                correct += (logits.argmax(1) == y).sum().item()
     learner.train()
-    return correct / data.test_size
+    return correct / data.test_size, (head_correct / data.test_size).tolist()
 
 
 class PlanError(ContsupError):
@@ -213,6 +231,7 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     )
     # timm's convention: in_chans follows the data unless model_kwargs sets it.
     kwargs = {"in_chans": data.info.image_size[0], **config.model_kwargs}
+    data.take(config.train_images, config.test_images)
     model = timm.create_model(config.model, num_classes=data.info.num_classes, **kwargs)
     model.to(device)
     example = torch.zeros(2, *data.info.image_size, device=device)
@@ -324,11 +343,13 @@ def train(
                 on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
         train_seconds = time.perf_counter() - started
         segment_losses = (totals / seen).tolist()
+        test_accuracy, head_accuracies = evaluate(learner, data, autocast)
         record = {
             "epoch": epoch,
             "train_loss": segment_losses[-1],
             "segment_losses": segment_losses,
-            "test_accuracy": evaluate(learner, data, autocast),
+            "test_accuracy": test_accuracy,
+            "head_accuracies": head_accuracies,
             "lr": lr,
             "seconds": time.perf_counter() - started,
             "images_per_s": seen / train_seconds,

@@ -102,3 +102,29 @@ def test_balancing_counts_aux_costs():
         / (sum(s.flops for s in priced.stats) + 9e6)
         * 4
     )
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [("resnet20", {}, 32), ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, 32)],
+)
+def test_scaled_context_lands_in_the_first_channels_only(name, kwargs, size):
+    """h' = h + [gain * context; 0]: the other channels and the class token pass unchanged."""
+    torch.manual_seed(0)
+    learner = wrap(create(name, **kwargs), 3, context="R1E", objective="params")
+    bridge, spec = learner.bridges[1], learner.partition.boundaries[1]  # 64 channels on resnet20
+    with torch.no_grad():
+        bridge.gain.fill_(1.0)
+    x = torch.randn(2, 3, size, size)
+    h = torch.randn(2, *spec.shape[1:])
+    previous = torch.randn(2, *learner.partition.boundaries[0].shape[1:])
+    out = bridge(h, learner.network.sources(1, [previous], x), x)
+    width = bridge.width
+    assert 0 < width < h.shape[-1 if spec.layout == "NLC" else 1]
+    if spec.layout == "NLC":
+        assert torch.equal(out[:, :, width:], h[:, :, width:])
+        assert torch.equal(out[:, 0], h[:, 0])  # the class token gets no context
+        assert not torch.equal(out[:, 1:, :width], h[:, 1:, :width])
+    else:
+        assert torch.equal(out[:, width:], h[:, width:])
+        assert not torch.equal(out[:, :width], h[:, :width])

@@ -4,12 +4,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
 from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from contsup.trainer import TrainConfig, TrainingDiverged, paper_lr, train
+from contsup.trainer import TrainConfig, TrainingDiverged, build, paper_lr, train
 
 FAST = dict(
     model="resnet20",
@@ -45,13 +46,28 @@ def test_learns_digits(tmp_path):
         "train_loss",
         "segment_losses",
         "test_accuracy",
+        "head_accuracies",
         "lr",
         "seconds",
         "images_per_s",
     }
     assert len(records[0]["segment_losses"]) == 4
+    # Each local head scores its boundary on the test split; the first learns something.
+    heads = records[-1]["head_accuracies"]
+    assert len(heads) == 3 and all(0 <= a <= 1 for a in heads) and heads[0] > 0.3
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,test_accuracy,lr") and "loss_segment_3" in header
+    assert header.endswith("head_accuracy_2")
+
+
+def test_a_fixed_subset_of_the_data(tmp_path):
+
+    config = TrainConfig(**{**FAST, "k": 1}, epochs=1, train_images=100, test_images=50)
+    _, data, _ = build(config)
+    assert (data.train_size, data.test_size) == (100, 50)
+    assert sum(len(y) for _, y, _ in data.train(torch.Generator())) == 100
+    summary = train(replace(config, out=str(tmp_path)))
+    assert summary["head_accuracies"] == []  # K=1: no local heads, plain backprop
 
 
 def run_cli(out, *extra, wait=True):

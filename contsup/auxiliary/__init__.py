@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from contsup.bridges import Bridge
 from contsup.context import ContextMode
 from contsup.geometry import Geometry
 
@@ -33,15 +32,15 @@ __all__ = ["AUX_DESIGNS", "AuxDesign", "AuxConfig", "get_design"]
 class AuxDesign:
     """The builders of one design; each takes geometries and returns an ``nn.Module``.
 
-    ``image_encoder(image, target)`` and ``boundary_encoder(source, target)`` map the
-    raw image or an earlier boundary to a tensor shaped like ``target``;
+    ``bridge(target, sources, image)`` adds context to a boundary of ``target``
+    from earlier boundaries of ``sources`` and, unless ``image`` is None, the raw
+    image (called as ``bridge(h, [c_1, ...], x)``, see ``contsup.bridges``);
     ``head(config, geometry, out_features, width)`` scores a boundary;
     ``decoder(geometry, image)`` reconstructs the image from a boundary.
     """
 
     name: str
-    image_encoder: Callable[[Geometry, Geometry], nn.Module]
-    boundary_encoder: Callable[[Geometry, Geometry], nn.Module]
+    bridge: Callable[[Geometry, Sequence[Geometry], Geometry | None], nn.Module]
     head: Callable[[str, Geometry, int, int], nn.Module]
     decoder: Callable[[Geometry, Geometry], nn.Module]
 
@@ -92,11 +91,10 @@ class AuxConfig:
 
     def modules_at(
         self, target: Geometry, sources: Sequence[Geometry]
-    ) -> tuple[nn.Module, nn.Module | None, Bridge]:
+    ) -> tuple[nn.Module, nn.Module | None, nn.Module]:
         """(head, decoder or None, bridge) for a boundary of ``target`` reading ``sources``."""
         design = get_design(self.design)
         head = design.head(self.head, target, self.out_features, self.width)
         decoder = design.decoder(target, self.image) if self.decoder else None
-        recent = [design.boundary_encoder(g, target) for g in sources]
-        image = design.image_encoder(self.image, target) if self.mode.image else None
-        return head, decoder, Bridge(recent, image)
+        bridge = design.bridge(target, sources, self.image if self.mode.image else None)
+        return head, decoder, bridge

@@ -27,10 +27,18 @@ import math
 from torch import nn
 
 from contsup.auxiliary import AuxDesign
+from contsup.bridges import Bridge
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
 
-__all__ = ["DESIGN", "ImageEncoder", "BoundaryEncoder", "build_head", "ReconstructionDecoder"]
+__all__ = [
+    "DESIGN",
+    "ImageEncoder",
+    "BoundaryEncoder",
+    "build_bridge",
+    "build_head",
+    "ReconstructionDecoder",
+]
 
 
 def reference_init(module: nn.Module) -> nn.Module:
@@ -127,4 +135,15 @@ class ReconstructionDecoder(nn.Sequential):
         reference_init(self)
 
 
-DESIGN = AuxDesign("paper", ImageEncoder, BoundaryEncoder, build_head, ReconstructionDecoder)
+def build_bridge(target: Geometry, sources: list[Geometry], image: Geometry | None) -> Bridge:
+    """One ``Rn`` encoder per earlier boundary, plus ``E`` when ``image`` is given, summed.
+
+    Example::
+
+        bridge = build_bridge(Geometry("NCHW", 32, 16, 16), [previous], image)
+    """
+    recent = [BoundaryEncoder(g, target) for g in sources]
+    return Bridge(recent, ImageEncoder(image, target) if image is not None else None)
+
+
+DESIGN = AuxDesign("paper", build_bridge, build_head, ReconstructionDecoder)
