@@ -7,7 +7,8 @@ Suites (``--list`` prints the rows):
   R1E with the paper's own modules (``aux paper``), and K=4 with R0 and R1E.
   Softmax local loss, 1c2f heads, a fixed subset and epoch budget (below).
 * ``timm64``: timm's resnet18 on Fashion-MNIST upsampled to 64x64, K=8, R0
-  against R1E: the scaled design on an ImageNet-style network.
+  against R1E at the same cuts (where R1E's memory balance puts them): the
+  scaled design on an ImageNet-style network.
 
     apt-get install dataset-fashion-mnist      # once, as root
     python benchmarks/learning.py              # both suites, about 40 minutes on 2 cores
@@ -86,7 +87,28 @@ def rows() -> list[dict]:
     ]
 
 
+def balanced_cuts(row: dict) -> list[str]:
+    """Where R1E's memory balance cuts ``row``'s model; every row of its suite uses them.
+
+    Balancing counts the aux modules, so R0 alone would cut elsewhere, and a
+    comparison across cut sets measures the cuts more than the context.
+    """
+    import timm
+
+    from contsup.data import parse_dataset
+    from contsup.learner import wrap
+
+    info, _ = parse_dataset(row["dataset"])
+    with torch.device("meta"):
+        model = timm.create_model(row["model"], num_classes=10, in_chans=info.image_size[0])
+    x = torch.empty(row["batch_size"], *info.image_size, device="meta")
+    learner = wrap(model, row["k"], context="R1E", objective="memory", example_input=x)
+    return [b.node for b in learner.partition.boundaries]
+
+
 def run_row(row: dict, seed: int, work: Path) -> dict:
+    if row["cuts"] is None and row["k"] > 1:
+        row = {**row, "cuts": balanced_cuts(row)}
     config = TrainConfig(
         model=row["model"],
         k=row["k"],
@@ -190,8 +212,10 @@ def main() -> None:
             if args.only and row["name"] not in args.only:
                 continue
             seeds = [run_row(row, seed, Path(work)) for seed in row["seeds"]]
+            cuts = row["cuts"] or (balanced_cuts(row) if row["k"] > 1 else None)
             by_name[row["name"]] = {
                 **row,
+                "cuts": cuts,
                 "seeds": seeds,
                 "measured": f"{datetime.date.today()}, torch {torch.__version__}, "
                 f"{torch.get_num_threads()} CPU threads",

@@ -224,12 +224,14 @@ def main() -> None:
         else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     )
     stem = RESULTS / f"memory_speed_{device.type}"
-    saved = (
-        json.loads(stem.with_suffix(".json").read_text())
-        if stem.with_suffix(".json").exists()
-        else {}
-    )
-    by_name = {r["name"]: r for r in saved.get("results", [])}
+    path = stem.with_suffix(".json")
+
+    def saved() -> dict[str, dict]:
+        # Read afresh each time: another run (--only) may have added settings meanwhile.
+        results = json.loads(path.read_text())["results"] if path.exists() else []
+        return {r["name"]: r for r in results}
+
+    mine: dict[str, dict] = {}
     for setting in [] if args.report else settings():
         if args.only and setting["name"] not in args.only:
             continue
@@ -250,20 +252,17 @@ def main() -> None:
             objective="memory",
             on_row=lambda r: print(json.dumps(asdict(r)), flush=True),
         )
-        by_name[setting["name"]] = {
+        mine[setting["name"]] = {
             "name": setting["name"],
             "measured": f"{datetime.date.today()} on {name}, torch {torch.__version__}, "
             f"timm {timm.__version__}, steps {args.steps}",
             "rows": [asdict(r) for r in rows],
         }
         RESULTS.mkdir(exist_ok=True)
-        stem.with_suffix(".json").write_text(
-            json.dumps({"results": list(by_name.values())}, indent=2)
-        )
+        merged = {**saved(), **mine}
+        path.write_text(json.dumps({"results": list(merged.values())}, indent=2))
     order = [s["name"] for s in settings()]
-    results = sorted(
-        by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else 99
-    )
+    results = sorted(saved().values(), key=lambda r: order.index(r["name"]))
     stamps = sorted({r.get("measured", "") for r in results})
     stamp = "; ".join(stamps) + "; cuts balanced by memory, aux design scaled"
     stem.with_suffix(".md").write_text(markdown(results, stamp))

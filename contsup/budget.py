@@ -45,6 +45,10 @@ class AuxCost:
             self.saved_bytes + other.saved_bytes,
         )
 
+    def halved(self) -> AuxCost:
+        """The FLOPs and saved bytes of half the batch (parameters stay)."""
+        return AuxCost(self.params, self.param_bytes, self.flops // 2, self.saved_bytes // 2)
+
     def under(self, objective: str) -> float:
         """This cost in the units the partitioner balances under ``objective``.
 
@@ -97,6 +101,9 @@ def aux_costs(
     The head (and decoder) read the segment's output, which the segment holds, so
     its storage is not counted; the bridge's inputs are detached, as in training.
     """
+    if batch == 1:  # batch norm refuses to train on one value; costs are per sample
+        head, bridge = aux_costs(config, target, sources, 2)
+        return head.halved(), bridge.halved()
     with torch.device("meta"):
         head, decoder, bridge = config.modules_at(target, sources)
     h = _meta(target, batch).requires_grad_()

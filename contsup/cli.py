@@ -326,8 +326,10 @@ def train(
     given = {name: value for name, value in locals().items() if value is not None}
     for name in ("recipe", "run", "resume", "as_json"):
         given.pop(name, None)
-    if cuts is not None:
-        given["cuts"] = [c.strip() for c in cuts.split(",") if c.strip()]
+    if cuts is not None:  # the command line's cuts replace a recipe's plan, and back
+        given.update(cuts=[c.strip() for c in cuts.split(",") if c.strip()], plan=None)
+    if plan is not None:
+        given["cuts"] = None
     with user_errors():
         from contsup.recipes import check_fields, load_recipe
 

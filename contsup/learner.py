@@ -232,7 +232,8 @@ class LocalLearner(nn.Module):
                 loss = (
                     F.cross_entropy(out.float(), y) if last else self.local_loss_of(k, out, y, raw)
                 )
-            loss.backward()
+            if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
+                loss.backward()
             losses.append(loss.detach())
             if not last:
                 sources = self.network.sources(k, inputs, x)

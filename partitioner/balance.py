@@ -41,7 +41,7 @@ def min_max_partition(
     the last group's sum ``S[j] - S[i]`` shrinks, so the best ``i`` sits where the
     two cross and a binary search finds it. Split costs break that order, so with
     them every ``i`` is tried: O(k n^2). Of the splits that reach the optimum, the
-    one with the least total cost (the fewest split costs) is returned.
+    most even one (least sum of squared group costs) is returned.
     """
     n = len(costs)
     if not 1 <= k <= n:
@@ -127,9 +127,10 @@ def _min_max_with_split_costs(
             for j in range(groups, n + 1)
         ]
     # Many splits reach the optimum (segments too small to matter can go anywhere);
-    # of those, take the one whose split costs add up to least.
+    # of those, take the most even one: the least sum of squared group costs. That
+    # spreads the small segments and avoids cuts whose split costs are high.
     bound = best[n] * (1 + 1e-9)
-    total = [group(0, j) if group(0, j) <= bound else float("inf") for j in range(n + 1)]
+    total = [group(0, j) ** 2 if group(0, j) <= bound else float("inf") for j in range(n + 1)]
     choices: list[list[int]] = []
     for groups in range(2, k + 1):
         new_total = [float("inf")] * (n + 1)
@@ -137,8 +138,8 @@ def _min_max_with_split_costs(
         for j in range(groups, n + 1):
             for i in range(groups - 1, j):
                 cost = group(i, j)
-                if cost <= bound and total[i] + cost < new_total[j]:
-                    new_total[j], choice[j] = total[i] + cost, i
+                if cost <= bound and total[i] + cost**2 < new_total[j]:
+                    new_total[j], choice[j] = total[i] + cost**2, i
         total = new_total
         choices.append(choice)
     return _backtrack(choices, n)

@@ -236,3 +236,21 @@ def test_train_takes_a_saved_plan(tmp_path):
     assert len(cuts) == 2
     other = run("train", "resnet32", "--plan", str(plan), "--out", str(tmp_path / "o"))
     assert other.exit_code == 2 and "a plan for resnet20, not resnet32" in other.output
+    big = tmp_path / "big.json"
+    assert (
+        run("split", "resnet20", "--save", str(big), "--input-size", "3", "64", "64").exit_code == 0
+    )
+    sized = run("train", "resnet20", "--plan", str(big), "--out", str(tmp_path / "s"))
+    assert sized.exit_code == 2
+    assert "made for inputs of shape (3, 64, 64), not (3, 32, 32)" in " ".join(sized.output.split())
+
+
+def test_split_context_at_batch_size_one():
+    """Batch norm cannot train on one value; aux costs are priced per sample instead."""
+    one = run("split", "resnet32", "--k", "4", "--context", "R1E", "--batch-size", "1", "--json")
+    two = run("split", "resnet32", "--k", "4", "--context", "R1E", "--batch-size", "2", "--json")
+    assert one.exit_code == 0 and two.exit_code == 0, one.output
+    first, second = json.loads(one.output)["segments"], json.loads(two.output)["segments"]
+    for a, b in zip(first, second):
+        assert a["bridge_params"] == b["bridge_params"]
+        assert 2 * a["bridge_flops"] == b["bridge_flops"]

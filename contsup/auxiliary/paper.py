@@ -22,14 +22,13 @@ Other layouts pass through ``ToMap``/``FromMap``. Built for 32 px inputs: at
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from contsup.auxiliary import AuxDesign
 from contsup.bridges import Bridge
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
+from contsup.models.cifar_resnet import paper_init
 
 __all__ = [
     "DESIGN",
@@ -39,23 +38,6 @@ __all__ = [
     "build_head",
     "ReconstructionDecoder",
 ]
-
-
-def reference_init(module: nn.Module) -> nn.Module:
-    """The reference's init for every conv and norm in ``module``; returns ``module``.
-
-    Example::
-
-        head = reference_init(nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32)))
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return module
 
 
 class ImageEncoder(nn.Sequential):
@@ -72,7 +54,7 @@ class ImageEncoder(nn.Sequential):
             pool_to(image, target),
             FromMap(target),
         )
-        reference_init(self)
+        paper_init(self)
 
 
 class BoundaryEncoder(nn.Sequential):
@@ -87,7 +69,7 @@ class BoundaryEncoder(nn.Sequential):
             pool_to(source, target),
             FromMap(target),
         )
-        reference_init(self)
+        paper_init(self)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -116,7 +98,7 @@ def build_head(config: str, geometry: Geometry, out_features: int, width: int) -
         layers += _conv_bn_relu(channels, out, stride)
         channels, size = out, (size + 1) // stride
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
-    return reference_init(nn.Sequential(*layers, *linear_layers(channels, linears, out_features)))
+    return paper_init(nn.Sequential(*layers, *linear_layers(channels, linears, out_features)))
 
 
 class ReconstructionDecoder(nn.Sequential):
@@ -132,7 +114,7 @@ class ReconstructionDecoder(nn.Sequential):
             nn.Conv2d(hidden, image.channels, 3, padding=1),
             nn.Sigmoid(),
         )
-        reference_init(self)
+        paper_init(self)
 
 
 def build_bridge(target: Geometry, sources: list[Geometry], image: Geometry | None) -> Bridge:

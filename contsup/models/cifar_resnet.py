@@ -16,7 +16,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-__all__ = ["CifarResNet", "BasicBlock", "CIFAR_RESNET_DEPTHS"]
+__all__ = ["CifarResNet", "BasicBlock", "CIFAR_RESNET_DEPTHS", "paper_init"]
 
 CIFAR_RESNET_DEPTHS = {
     "resnet20": 20,
@@ -53,6 +53,26 @@ class BasicBlock(nn.Module):
         return self.act2(out + shortcut)
 
 
+def paper_init(module: nn.Module) -> nn.Module:
+    """He et al.'s init, which the reference also gives every aux conv; returns ``module``.
+
+    Example::
+
+        head = paper_init(nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32)))
+
+    Every Conv2d: normal(0, sqrt(2 / (k * k * out_channels))); BatchNorm: weight 1,
+    bias 0; Linear keeps PyTorch's default.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 images, with timm's model interface."""
 
@@ -79,16 +99,7 @@ class CifarResNet(nn.Module):
             in_channels = width
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        paper_init(self)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
