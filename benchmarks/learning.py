@@ -107,8 +107,6 @@ def balanced_cuts(row: dict) -> list[str]:
 
 
 def run_row(row: dict, seed: int, work: Path) -> dict:
-    if row["cuts"] is None and row["k"] > 1:
-        row = {**row, "cuts": balanced_cuts(row)}
     config = TrainConfig(
         model=row["model"],
         k=row["k"],
@@ -211,11 +209,11 @@ def main() -> None:
         for row in [] if args.report else rows():
             if args.only and row["name"] not in args.only:
                 continue
+            if row["cuts"] is None and row["k"] > 1:
+                row = {**row, "cuts": balanced_cuts(row)}
             seeds = [run_row(row, seed, Path(work)) for seed in row["seeds"]]
-            cuts = row["cuts"] or (balanced_cuts(row) if row["k"] > 1 else None)
             by_name[row["name"]] = {
                 **row,
-                "cuts": cuts,
                 "seeds": seeds,
                 "measured": f"{datetime.date.today()}, torch {torch.__version__}, "
                 f"{torch.get_num_threads()} CPU threads",

@@ -245,23 +245,16 @@ def run_bench(
         del model, part, optimizer, step
 
         meta_x = torch.empty(x.shape, device="meta")
-        reference = wrap(
-            meta_model,
-            k,
-            context=contexts[0],
-            aux=aux,
-            head=head,
-            objective=objective,
-            example_input=meta_x,
-        )
+        runs = []  # (mode, wrap options, the same learner on the meta device)
+        for context in contexts:
+            options = dict(context=context, aux=aux, head=head, objective=objective)
+            runs.append(("local", options, wrap(meta_model, k, example_input=meta_x, **options)))
         # The floor runs at the first context row's cuts: the two then differ only
         # by what its heads and bridges add.
-        configs = [("floor", "R0", "0c1f"), *(("local", c, head) for c in contexts)]
-        for mode, context, head_config in configs:
-            options = dict(context=context, aux=aux, head=head_config, objective=objective)
-            if mode == "floor":
-                options["cuts"] = reference.partition
-            meta = wrap(meta_model, k, example_input=meta_x, **options)
+        floor = dict(context="R0", aux=aux, head="0c1f", objective=objective)
+        floor["cuts"] = runs[0][2].partition
+        runs.insert(0, ("floor", floor, wrap(meta_model, k, example_input=meta_x, **floor)))
+        for mode, options, meta in runs:
             learner = wrap(make_model().to(device), k, example_input=x, **options)
             optimizer = _sgd(learner.parameters())
             step = partial(_local_step, learner, optimizer, x, y)
@@ -275,12 +268,12 @@ def run_bench(
                 _row(
                     mode,
                     k,
-                    context,
+                    options["context"],
                     measured,
                     batch_size,
                     predicted,
                     aux=aux,
-                    head=head_config,
+                    head=options["head"],
                     aux_params_fraction=fractions["params"],
                     aux_flops_fraction=fractions["flops"],
                     aux_saved_fraction=fractions["saved_bytes"],

@@ -127,7 +127,7 @@ def split(
         analysis = partitioner.analyze(
             net, x, measure_time=objective == "time", max_boundary_tensors=max_boundary_tensors
         )
-        config = aux_config(net, x, context, aux, head) if context is not None else None
+        config = split_aux_config(net, x, context, aux, head) if context is not None else None
         hook = None
         if config is not None and objective != "time":
             from contsup.learner import balance_hook
@@ -171,22 +171,15 @@ def split_summary(model: str, part) -> dict:
     }
 
 
-def aux_config(net, x, context: str, aux: str, head: str):
+def split_aux_config(net, x, context: str, aux: str, head: str):
     """The ``AuxConfig`` that ``split --context`` prices, as ``wrap`` would build it."""
-    from contsup.auxiliary import AuxConfig, get_design
-    from contsup.context import parse_context
-    from contsup.geometry import image_geometry
-    from contsup.heads import parse_head
+    from contsup.learner import aux_config
 
     try:
-        mode = parse_context(context)
-        get_design(aux)
-        parse_head(head)
+        classes = getattr(net, "num_classes", 0) or 1000
+        return aux_config(net, x, context=context, aux=aux, head=head, num_classes=classes)
     except ValueError as error:
         raise UserError(str(error)) from error
-    classes = getattr(net, "num_classes", 0) or 1000
-    width = getattr(net, "num_features", 0) or 0
-    return AuxConfig(aux, mode, head, classes, width, image_geometry(x))
 
 
 def add_aux_budget(summary: dict, net, part, config) -> None:

@@ -24,7 +24,6 @@ from torch import nn
 
 import partitioner
 from contsup.auxiliary import AuxConfig, get_design
-from contsup.bridges import Bridge
 from contsup.budget import aux_costs, extra_cost_hook
 from contsup.context import ContextMode, parse_context
 from contsup.geometry import Geometry, geometry_of, image_geometry
@@ -35,6 +34,7 @@ __all__ = [
     "LocalLearner",
     "LocalStep",
     "ContextNetwork",
+    "aux_config",
     "balance_hook",
     "gather_sources",
     "wrap",
@@ -70,7 +70,7 @@ def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
 def gather_sources(k: int, mode: ContextMode, inputs: Sequence, image):
     """The values boundary ``k`` reads: ``inputs[i]``, or ``image`` for i < 0.
 
-    Works on tensors and on shape descriptions alike (``build_bridges`` uses geometries).
+    Works on tensors and on shape descriptions alike (``wrap`` passes geometries).
     """
     return [image if i < 0 else inputs[i] for i in recent_sources(k, mode)]
 
@@ -134,7 +134,7 @@ class LocalLearner(nn.Module):
         self,
         partition: partitioner.Partition,
         heads: Sequence[nn.Module],
-        bridges: Sequence[Bridge],
+        bridges: Sequence[nn.Module],
         decoders: Sequence[nn.Module],
         *,
         context: ContextMode,
@@ -319,11 +319,18 @@ def wrap(
 
     The learner shares parameters with ``model``.
     """
-    mode = parse_context(context)
-    get_design(aux)
-    parse_head(head)
-    head_outputs(local_loss, 1)
     x = _default_input(model) if example_input is None else example_input
+    config = aux_config(
+        model,
+        x,
+        context=context,
+        aux=aux,
+        head=head,
+        local_loss=local_loss,
+        num_classes=num_classes,
+        decoder=decoder is not None,
+    )
+    mode, image = config.mode, config.image
     if isinstance(cuts, partitioner.Partition):
         if tuple(cuts.input_shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
@@ -340,19 +347,6 @@ def wrap(
         raise ValueError("pass k, the number of segments, or cuts")
     boundaries = k - 1 if isinstance(k, int) else 0
     weights = _loss_weights(decoder, max(boundaries, 0))
-    classes = num_classes or getattr(model, "num_classes", None)
-    if not classes:
-        raise ValueError("pass num_classes: the model has no num_classes attribute")
-    image = image_geometry(x)
-    config = AuxConfig(
-        aux,
-        mode,
-        head,
-        head_outputs(local_loss, classes),
-        getattr(model, "num_features", 0) or 0,
-        image,
-        decoder is not None,
-    )
     if cuts is None:
         hook = balance_hook(model, x, objective, config)
         part = partitioner.partition(model, x, k, objective, extra_cost=hook)
@@ -388,6 +382,37 @@ def wrap(
     )
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
+
+
+def aux_config(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    context: str = "E",
+    aux: str = "scaled",
+    head: str = "1c2f",
+    local_loss: str = "ce",
+    num_classes: int | None = None,
+    decoder: bool = False,
+) -> AuxConfig:
+    """What ``wrap`` builds its heads and bridges from, checked; ValueError if not valid.
+
+    Example::
+
+        config = aux_config(model, torch.zeros(2, 3, 224, 224), context="R1E")
+        part = partitioner.partition(model, x, 4, "memory",
+                                     extra_cost=balance_hook(model, x, "memory", config))
+    """
+    mode = parse_context(context)
+    get_design(aux)
+    parse_head(head)
+    head_outputs(local_loss, 1)  # an unknown loss is reported before a missing class count
+    classes = num_classes or getattr(model, "num_classes", None)
+    if not classes:
+        raise ValueError("pass num_classes: the model has no num_classes attribute")
+    out_features = head_outputs(local_loss, classes)
+    width = getattr(model, "num_features", 0) or 0
+    return AuxConfig(aux, mode, head, out_features, width, image_geometry(x), decoder)
 
 
 def balance_hook(model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig):

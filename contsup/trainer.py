@@ -28,6 +28,8 @@ from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic, wr
 from contsup.data import DEFAULT_DATA_DIR, Batches, load_dataset, steps_per_epoch
 from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
+from partitioner import PartitionError
+from partitioner.plan import read_plan
 
 __all__ = ["TrainConfig", "TrainingDiverged", "paper_lr", "train"]
 
@@ -202,20 +204,19 @@ def plan_cuts(path: str | Path, model: str, image_size: tuple[int, ...]) -> list
     and have been made for the same input size.
     """
     try:
-        plan = json.loads(Path(path).read_text())
-        cuts = [list(c) for c in plan["cuts"]]
-        shape = tuple(plan["input_shape"][1:])
+        plan = read_plan(Path(path).read_text())
     except OSError as error:
         raise PlanError(f"cannot read plan {path}: {error.strerror}") from error
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+    except PartitionError as error:
         raise PlanError(f"{path} is not a plan written by `contsup split --save`") from error
-    if plan.get("model", model) != model:
-        raise PlanError(f"{path} is a plan for {plan['model']}, not {model}")
+    if (plan.model or model) != model:
+        raise PlanError(f"{path} is a plan for {plan.model}, not {model}")
+    shape = plan.input_shape[1:]
     if shape != tuple(image_size):
         raise PlanError(f"{path} was made for inputs of shape {shape}, not {tuple(image_size)}")
-    if any(len(c) != 1 or not isinstance(c[0], str) for c in cuts):
+    if any(len(c) != 1 for c in plan.cuts):
         raise PlanError(f"{path} has multi-tensor cuts, which local learning cannot use")
-    return [c[0] for c in cuts]
+    return [c[0] for c in plan.cuts]
 
 
 def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:

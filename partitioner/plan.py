@@ -34,6 +34,8 @@ __all__ = [
     "Partition",
     "analyze",
     "partition",
+    "read_plan",
+    "SavedPlan",
 ]
 
 OBJECTIVES = ("flops", "memory", "params", "time")
@@ -396,28 +398,55 @@ class Partition(nn.Module):
         ``example_input`` defaults to a tensor of the plan's input shape; ``kwargs``
         go to ``analyze``. A plan that does not fit the model raises ``PartitionError``.
         """
-        try:
-            plan = json.loads(text)
-            cut_names = [tuple(c) for c in plan["cuts"]]
-            objective = plan["objective"]
-            dtype = getattr(torch, plan["input_dtype"].removeprefix("torch."))
-            shape = plan["input_shape"]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise PartitionError(
-                f"not a partition plan ({type(error).__name__}: {error})"
-            ) from error
+        plan = read_plan(text)
         if example_input is None:
-            example_input = torch.empty(shape, dtype=dtype, device="meta")
-        elif list(example_input.shape[1:]) != list(shape[1:]):
+            example_input = torch.empty(plan.input_shape, dtype=plan.input_dtype, device="meta")
+        elif tuple(example_input.shape[1:]) != plan.input_shape[1:]:
             raise PartitionError(
-                f"the plan was made for inputs of shape {tuple(shape[1:])}, not "
+                f"the plan was made for inputs of shape {plan.input_shape[1:]}, not "
                 f"{tuple(example_input.shape[1:])}"
             )
+        objective = plan.objective
         analysis = analyze(model, example_input, measure_time=objective == "time", **kwargs)
         try:
-            return analysis.split_at(cut_names, objective)
+            return analysis.split_at(plan.cuts, objective)
         except PartitionError as error:
             raise PartitionError(f"the plan does not fit this model: {error}") from error
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """What a plan file (``Partition.to_json``) says: where to cut, and for what input.
+
+    ``model`` is the model name ``contsup split --save`` records, or None.
+    """
+
+    cuts: list[tuple[str, ...]]
+    objective: str
+    input_shape: tuple[int, ...]
+    input_dtype: torch.dtype
+    model: str | None
+
+
+def read_plan(text: str) -> SavedPlan:
+    """Parse a plan's JSON (data only, never code); ``PartitionError`` if it is not one.
+
+    Example::
+
+        plan = read_plan(Path("plan.json").read_text())
+        plan.cuts, plan.input_shape
+    """
+    try:
+        data = json.loads(text)
+        return SavedPlan(
+            cuts=[tuple(c) for c in data["cuts"]],
+            objective=data["objective"],
+            input_shape=tuple(data["input_shape"]),
+            input_dtype=getattr(torch, data["input_dtype"].removeprefix("torch.")),
+            model=data.get("model"),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise PartitionError(f"not a partition plan ({type(error).__name__}: {error})") from error
 
 
 def partition(

@@ -1,7 +1,7 @@
 """Aux designs: how local heads, context encoders and decoders are built.
 
 A design turns a boundary's ``Geometry`` into modules; the learner does the rest
-(which boundaries feed which, detaching, summing into ``Bridge``). Two designs:
+(which boundaries feed which, and what is detached). Two designs:
 
 * ``paper``: the reference implementation's modules, exactly (shared/PAPER.md).
   Built for 32 px CIFAR: full-resolution encoders and heads as wide as the network.
