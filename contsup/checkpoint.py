@@ -1,69 +1,228 @@
-"""Atomic writes: a crash at any moment leaves the old file or the new one, never half.
+"""Atomic files and run checkpoints that load without running code.
 
-Each write goes to a temporary file in the same directory, is flushed to disk,
-and is renamed over the target (``os.replace`` is atomic on POSIX and Windows).
+A run's checkpoint is two things in its run directory:
+
+- ``checkpoint-eNNNN/``: every tensor (parameters, buffers, optimizer state),
+  written with ``torch.distributed.checkpoint`` (DCP) under the names of one
+  single-process ``state_dict``, so a run saved by any number of pipeline stages
+  and data-parallel replicas loads into any other;
+- ``checkpoint.json``: epoch, config, metrics and random state, and which
+  directory holds the tensors. It is replaced atomically once the tensors are on
+  disk, so a crash while saving leaves the previous checkpoint in force.
+
+Loading trusts nothing in the files: DCP's ``.metadata`` pickle is read by an
+unpickler that builds only DCP's own record types, every entry must be a tensor,
+and the tensors themselves are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+import json
+import pickle
+import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
+from contsup.atomic import write_text_atomic
 from contsup.errors import ContsupError
 
-__all__ = ["CheckpointError", "write_text_atomic", "save_atomic", "load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "checkpoint_entries",
+    "load_checkpoint",
+    "load_tensors",
+    "save_checkpoint",
+]
+
+CHECKPOINT_VERSION = 2
+POINTER = "checkpoint.json"
+LEGACY = "checkpoint.pt"  # contsup < 0.3: one torch.save pickle
 
 
 class CheckpointError(ContsupError):
     """A checkpoint that cannot be read or does not match the run."""
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace ``path``'s content with ``text`` atomically.
+@contextmanager
+def _single_process_quiet():
+    """DCP warns that it assumes one process when torch.distributed is not set up:
+    that is what a single-process run wants."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
-    Example::
 
-        write_text_atomic("plan.json", part.to_json())
-    """
-    _write_atomic(Path(path), lambda f: f.write(text.encode()))
+def _barrier() -> None:
+    if _distributed():
+        torch.distributed.barrier()
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a truncated file behind.
+def save_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """Write ``tensors`` with DCP, then commit ``state`` (JSON) as the run's checkpoint.
 
     Example::
 
-        save_atomic({"model": learner.state_dict()}, "run/checkpoint.pt")
+        save_checkpoint("runs/x", {"learner.heads.0.weight": w}, {"epoch": 3, "metrics": []})
+
+    Collective when ``torch.distributed`` is initialised: every rank passes the
+    tensors it holds (replicas may repeat a name; one copy is written). The run
+    directory must be visible to all ranks (one machine, or a shared filesystem).
     """
-    _write_atomic(Path(path), lambda f: torch.save(obj, f))
+    run_dir = Path(run_dir)
+    name = f"checkpoint-e{state['epoch']:04d}"
+    coordinator = not _distributed() or torch.distributed.get_rank() == 0
+    if coordinator:  # left over from a save that crashed before its commit
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    _barrier()
+    with _single_process_quiet():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(run_dir / name))
+    if coordinator:
+        payload = {"version": CHECKPOINT_VERSION, "tensors": name, **state}
+        write_text_atomic(run_dir / POINTER, json.dumps(payload))
+        for old in run_dir.glob("checkpoint-e*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by ``save_atomic``; unreadable files raise CheckpointError."""
+def load_checkpoint(run_dir: str | Path) -> dict:
+    """The committed state (``checkpoint.json``) of the run in ``run_dir``.
+
+    Example::
+
+        state = load_checkpoint("runs/x")
+        state["epoch"], state["metrics"][-1]
+
+    Raises ``CheckpointError`` when there is none, it is unreadable, or it is an
+    older contsup's pickle (never unpickled: a pickle can run code).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / POINTER
+    if not path.exists():
+        if (run_dir / LEGACY).exists():
+            raise CheckpointError(
+                f"{run_dir / LEGACY} is a checkpoint of contsup < 0.3, a pickle that is not "
+                "loaded because it could run code; start the run again in a new --out"
+            )
+        raise CheckpointError(f"no checkpoint in {run_dir}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}") from error
-    if not isinstance(state, dict) or "version" not in state:
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a contsup checkpoint")
+    name = state.get("tensors")
+    if not isinstance(name, str) or Path(name).name != name or not (run_dir / name).is_dir():
+        raise CheckpointError(f"{path} names tensors that are not in {run_dir}")
     return state
+
+
+def checkpoint_entries(run_dir: str | Path, state: dict) -> dict[str, TensorStorageMetadata]:
+    """The checkpoint's tensors by name: each entry's ``size`` and ``properties.dtype``.
+
+    Example::
+
+        entries = checkpoint_entries("runs/x", load_checkpoint("runs/x"))
+        sorted(entries)[:2]     # ['learner.heads.0.0.bias', 'learner.heads.0.0.weight']
+    """
+    folder = Path(run_dir) / state["tensors"]
+    return _SafeReader(folder).checked_metadata().state_dict_metadata
+
+
+def load_tensors(run_dir: str | Path, state: dict, wanted: dict[str, torch.Tensor]) -> None:
+    """Fill ``wanted`` in place with the checkpoint's tensors of the same names.
+
+    Example::
+
+        tensors = {name: p.detach() for name, p in learner.state_dict().items()}
+        load_tensors("runs/x", load_checkpoint("runs/x"), tensors)
+
+    Every name must be in the checkpoint with the same shape; anything else raises
+    ``CheckpointError``. Collective when ``torch.distributed`` is initialised.
+    """
+    folder = Path(run_dir) / state["tensors"]
+    reader = _SafeReader(folder)
+    stored = reader.checked_metadata().state_dict_metadata
+    for name, tensor in wanted.items():
+        entry = stored.get(name)
+        if entry is None:
+            raise CheckpointError(f"{folder} does not fit this model: it has no {name}")
+        if tuple(entry.size) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{folder} does not fit this model: {name} is {tuple(entry.size)} there, "
+                f"{tuple(tensor.shape)} here"
+            )
+    try:
+        with _single_process_quiet():
+            dcp.load(wanted, storage_reader=reader)
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {folder}: {error}") from error
+
+
+# What DCP's .metadata pickle may build: its own records, dtypes, sizes and paths.
+_METADATA_TYPES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata",
+        "TensorStorageMetadata",
+        "TensorProperties",
+        "ChunkStorageMetadata",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # a lookup among torch's layouts
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "PurePosixPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = name in _METADATA_TYPES.get(module, ())
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            allowed = True
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a DCP checkpoint")
+        return super().find_class(module, name)
+
+
+class _SafeReader(dcp.FileSystemReader):
+    """A DCP ``FileSystemReader`` whose metadata is checked before anything uses it."""
+
+    def checked_metadata(self) -> Metadata:
+        folder = Path(self.path)
+        try:
+            with open(folder / ".metadata", "rb") as file:
+                metadata = _MetadataUnpickler(file).load()
+        except Exception as error:
+            raise CheckpointError(f"cannot read checkpoint {folder}: {error}") from error
+        entries = getattr(metadata, "state_dict_metadata", None)
+        if not isinstance(metadata, Metadata) or not isinstance(entries, dict):
+            raise CheckpointError(f"{folder / '.metadata'} is not DCP metadata")
+        bad = [name for name, e in entries.items() if not isinstance(e, TensorStorageMetadata)]
+        if bad:
+            raise CheckpointError(f"{folder} holds non-tensor entries such as {bad[0]}")
+        for info in (metadata.storage_data or {}).values():
+            relative = str(getattr(info, "relative_path", ""))
+            if Path(relative).name != relative:
+                raise CheckpointError(f"{folder} points outside itself: {relative}")
+        return metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        metadata = self.checked_metadata()
+        if getattr(metadata, "storage_meta", None) is not None and hasattr(self, "load_id"):
+            metadata.storage_meta.load_id = self.load_id
+        return metadata

@@ -17,9 +17,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from contsup.checkpoint import write_text_atomic
+from contsup.atomic import write_text_atomic
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +36,11 @@ class UserError(Exception):
     """A mistake in what the user asked for; reported in one sentence, exit code 2."""
 
 
+def print_error(error: Exception) -> None:
+    """One line on stderr: ``error:`` and the message, printed as is (no rich markup)."""
+    stderr.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def user_errors():
     import partitioner
@@ -43,7 +49,7 @@ def user_errors():
     try:
         yield
     except (UserError, ContsupError, partitioner.PartitionError) as error:
-        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        print_error(error)
         raise typer.Exit(2) from None
 
 
@@ -308,6 +314,10 @@ def train(
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (large datasets)")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    pipeline: Annotated[
+        int | None,
+        typer.Option(help="pipeline stages, one process each (under torchrun; the rest is dp)"),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from out/checkpoint.pt")
     ] = False,
@@ -341,18 +351,23 @@ def train(
             if book and name and "out" not in given:
                 values["out"] = str(Path(values.get("out") or Path("runs") / recipe.stem) / name)
             summary = _train_one(values, resume, as_json, label=name)
-            if as_json:
+            if as_json and summary is not None:
                 print(json.dumps(summary))
 
 
-def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
+def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | None:
+    """Train one run; None on ranks other than global rank 0, which do not report."""
+    import os
+
     from rich.progress import BarColumn, Progress, TextColumn
 
+    from contsup.distributed import RankLost
     from contsup.trainer import TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**values)
     check_model_name(config.model)
     check_device(config.device)
+    main = os.environ.get("RANK", "0") == "0"
     report = stderr if as_json else stdout
     progress = Progress(
         TextColumn("{task.description}"),
@@ -360,6 +375,7 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
         TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
         console=stderr,
         transient=True,
+        disable=not main,
     )
     task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
 
@@ -377,11 +393,13 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict:
     try:
         with progress:
             summary = train(config, resume=resume, on_step=on_step, on_epoch=on_epoch)
-    except TrainingDiverged as error:
-        stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    except (TrainingDiverged, RankLost) as error:
+        print_error(error)
         raise typer.Exit(1) from None
     except ValueError as error:  # wrap's checks of context, head, loss and decoder
         raise UserError(str(error)) from error
+    if not main:
+        return None
     report.print(
         f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
         f"run in {summary['out_dir']}",

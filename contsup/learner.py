@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from contsup.heads import parse_head
 from contsup.losses import head_outputs, local_loss_fn
 
 __all__ = [
+    "Carry",
     "LocalLearner",
     "LocalStep",
     "ContextNetwork",
@@ -47,6 +48,15 @@ class LocalStep:
 
     logits: torch.Tensor
     losses: list[float]
+
+
+@dataclass
+class Carry:
+    """What flows from one unit to the next: the last segment's output (detached while
+    training) and the boundary inputs kept for later bridges (``ContextNetwork.keep``)."""
+
+    out: torch.Tensor | None = None
+    inputs: list = field(default_factory=list)
 
 
 def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
@@ -103,15 +113,25 @@ class ContextNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, on_boundary=None) -> torch.Tensor:
         """Logits; ``on_boundary(k, h_k)`` sees each segment's output on the way."""
-        inputs: list = []
-        h = x
-        for k, segment in enumerate(self.segments):
-            out = segment(h)
-            if k < len(self.bridges):
-                if on_boundary is not None:
-                    on_boundary(k, out)
-                h = self.bridges[k](out, self.sources(k, inputs, x), x)
-                self.keep(inputs, h)
+        return self.run(x, Carry(), 0, len(self.segments), on_boundary)
+
+    def run(self, x: torch.Tensor, carry: Carry, start: int, stop: int, on_boundary=None):
+        """Units ``start..stop-1`` (bridge into segment j, then segment j) from ``carry``.
+
+        Returns the last segment's output and leaves ``carry`` ready for unit ``stop``:
+        a pipeline stage runs its own units and sends the carry on.
+        """
+        out = carry.out
+        for j in range(start, stop):
+            if j == 0:
+                h = x
+            else:
+                h = self.bridges[j - 1](out, self.sources(j - 1, carry.inputs, x), x)
+                self.keep(carry.inputs, h)
+            out = self.segments[j](h)
+            if on_boundary is not None and j < len(self.bridges):
+                on_boundary(j, out)
+        carry.out = out
         return out
 
 
@@ -217,31 +237,54 @@ class LocalLearner(nn.Module):
                 (default: ``x`` un-normalised with ``learner.mean``/``learner.std``).
             autocast: run forward passes under ``torch.autocast`` with this dtype.
         """
+        carry = Carry()
+        losses = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
+        return LocalStep(carry.out, torch.stack(losses).tolist())
+
+    def local_units(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        carry: Carry,
+        start: int,
+        stop: int,
+        *,
+        raw: torch.Tensor | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> list[torch.Tensor]:
+        """``local_backward`` for units ``start..stop-1`` only, from ``carry``: their
+        detached losses. A pipeline stage runs its own units and sends the carry on.
+
+        Unit j is the bridge into segment j, segment j, and segment j's local loss;
+        its backward reaches the bridge too, never the segment before.
+        """
         if self.decoders and raw is None:
             raw = (x * self.std + self.mean).clamp(0, 1)
         cast = (
             torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         )
-        inputs: list = []
         losses = []
-        h = x
-        for k, segment in enumerate(self.segments):
+        out = carry.out
+        for j in range(start, stop):
             with cast:
-                out = segment(h)
-                last = k == self.k - 1
+                if j == 0:
+                    h = x
+                else:
+                    # Everything read is detached: the bridge learns from this loss only.
+                    sources = self.network.sources(j - 1, carry.inputs, x)
+                    h = self.bridges[j - 1](out, sources, x)
+                    self.network.keep(carry.inputs, h.detach())
+                out = self.segments[j](h)
+                last = j == self.k - 1
                 loss = (
-                    F.cross_entropy(out.float(), y) if last else self.local_loss_of(k, out, y, raw)
+                    F.cross_entropy(out.float(), y) if last else self.local_loss_of(j, out, y, raw)
                 )
             if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
                 loss.backward()
             losses.append(loss.detach())
-            if not last:
-                sources = self.network.sources(k, inputs, x)
-                with cast:
-                    # Everything read is detached: the bridge learns from the next loss only.
-                    h = self.bridges[k](out.detach(), sources, x)
-                self.network.keep(inputs, h.detach())
-        return LocalStep(out.detach(), torch.stack(losses).tolist())
+            out = out.detach()
+        carry.out = out
+        return losses
 
 
 def _default_input(model: nn.Module) -> torch.Tensor:

@@ -10,10 +10,12 @@ position, random state and metrics, so the run ends as if never interrupted.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -24,16 +26,24 @@ from typing import Any
 import timm
 import torch
 
-from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
+from contsup.atomic import write_text_atomic
+from contsup.checkpoint import (
+    LEGACY,
+    POINTER,
+    CheckpointError,
+    checkpoint_entries,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+)
 from contsup.data import DEFAULT_DATA_DIR, Batches, load_dataset, steps_per_epoch
+from contsup.distributed import Pipeline, init_mesh, launched, pipeline
 from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
 from partitioner import PartitionError
 from partitioner.plan import read_plan
 
 __all__ = ["TrainConfig", "TrainingDiverged", "paper_lr", "train"]
-
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -70,6 +80,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     out: str | None = None
+    pipeline: int = 1
 
     # Changing these between a checkpoint and its resume would make a different run.
     IDENTITY = (
@@ -127,28 +138,45 @@ def paper_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 10) -> flo
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The device a run (or, under torchrun, this rank) uses: ``auto`` takes CUDA if any."""
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "auto"
+        else (torch.device(name))
+    )
+    if device.type == "cuda" and device.index is None and launched():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def _encode(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
+    """Random state as JSON: torch's, Python's and the data order's (and CUDA's)."""
+    version, numbers, gauss = random.getstate()
     state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "data": generator.get_state(),
+        "torch": _encode(torch.get_rng_state()),
+        "python": [version, list(numbers), gauss],
+        "data": _encode(generator.get_state()),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    generator.set_state(state["data"])
+    torch.set_rng_state(_decode(state["torch"]))
+    version, numbers, gauss = state["python"]
+    random.setstate((version, tuple(numbers), gauss))
+    generator.set_state(_decode(state["data"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_decode(s) for s in state["cuda"]])
 
 
 def _write_metrics(out: Path, metrics: list[dict]) -> None:
@@ -164,29 +192,6 @@ def _write_metrics(out: Path, metrics: list[dict]) -> None:
     for m in metrics:
         writer.writerow([m[c] for c in columns] + [v for key, _ in expanded for v in m[key]])
     write_text_atomic(out / "metrics.csv", buffer.getvalue())
-
-
-def evaluate(
-    learner: LocalLearner, data: Batches, autocast: torch.dtype | None
-) -> tuple[float, list[float]]:
-    """Top-1 accuracy of the inference model (segments and bridges) on the test split,
-    and of each local head on its boundary (empty for the contrastive loss, whose
-    heads give features, not classes): how linearly separable each depth is."""
-    learner.eval()
-    correct = 0
-    with_heads = learner.local_loss == "ce"
-    head_correct = torch.zeros(len(learner.heads) if with_heads else 0, dtype=torch.long)
-
-    def score_head(k: int, h: torch.Tensor) -> None:
-        head_correct[k] += (learner.heads[k](h).argmax(1) == y).sum().item()
-
-    with torch.no_grad():
-        for x, y, _ in data.test():
-            with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
-                logits = learner.network(x, on_boundary=score_head if with_heads else None)
-                correct += (logits.argmax(1) == y).sum().item()
-    learner.train()
-    return correct / data.test_size, (head_correct / data.test_size).tolist()
 
 
 class PlanError(ContsupError):
@@ -220,7 +225,8 @@ def plan_cuts(path: str | Path, model: str, image_size: tuple[int, ...]) -> list
 
 
 def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
-    """The data and the wrapped model a config describes, on its device."""
+    """The data (on its device) and the wrapped model (on the CPU, until a ``Pipeline``
+    moves each rank's share) that a config describes."""
     device = _device(config.device)
     data = load_dataset(
         config.dataset,
@@ -234,8 +240,7 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     kwargs = {"in_chans": data.info.image_size[0], **config.model_kwargs}
     data.take(config.train_images, config.test_images)
     model = timm.create_model(config.model, num_classes=data.info.num_classes, **kwargs)
-    model.to(device)
-    example = torch.zeros(2, *data.info.image_size, device=device)
+    example = torch.zeros(2, *data.info.image_size)
     cuts = config.cuts
     if config.plan is not None:
         if cuts is not None:
@@ -277,22 +282,37 @@ def train(
         summary = train(TrainConfig(model="resnet20", dataset="digits", epochs=5, lr=0.05))
         summary["test_accuracy"]
 
-    ``on_step(step, steps, losses, images_per_s)`` and ``on_epoch(metrics)`` report progress.
-    Raises ``TrainingDiverged`` on a NaN or infinite loss, ``CheckpointError`` on a
-    checkpoint that is corrupt or from another run.
+    Under torchrun, every rank calls it: ``config.pipeline`` stages, the rest of the
+    world as data-parallel replicas (``contsup.distributed``); only global rank 0
+    reports and writes metrics. ``on_step(step, steps, losses, images_per_s)`` (this
+    rank's units) and ``on_epoch(metrics)`` report progress. Raises
+    ``TrainingDiverged`` on a NaN or infinite loss, ``CheckpointError`` on a
+    checkpoint that is corrupt or from another run, ``DistributedError`` on a
+    pipeline that cannot be laid out, ``RankLost`` when another rank dies.
     """
+    mesh = init_mesh(config.pipeline, str(_device(config.device)))
+    try:
+        return _train(config, mesh, resume, on_step, on_epoch)
+    finally:
+        if mesh is not None:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
     out = config.out_dir()
-    checkpoint_path = out / "checkpoint.pt"
-    if checkpoint_path.exists() and not resume:
+    main = mesh is None or torch.distributed.get_rank() == 0
+    committed = [out / name for name in (POINTER, LEGACY) if (out / name).exists()]
+    if committed and not resume:
         raise CheckpointError(
-            f"{checkpoint_path} exists; pass --resume to continue that run or choose another --out"
+            f"{committed[0]} exists; pass --resume to continue that run or choose another --out"
         )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     learner, data, device = build(config)
+    pipe = pipeline(learner, mesh, device)
     optimizer = torch.optim.SGD(
-        learner.parameters(),
+        pipe.parameters(),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -300,22 +320,18 @@ def train(
     )
     metrics: list[dict] = []
     start_epoch = 1
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        _check_same_run(state, config, checkpoint_path)
+    if resume and committed:
+        state = load_checkpoint(out)
+        _check_same_run(state, config, out / POINTER)
+        _load_state(out, state, pipe, optimizer)
         try:
-            learner.load_state_dict(state["learner"])
-            optimizer.load_state_dict(state["optimizer"])
-            for param, slot in optimizer.state.items():
-                buffer = slot.get("momentum_buffer")
-                if buffer is not None and buffer.shape != param.shape:
-                    raise ValueError("optimizer state does not match the parameters")
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{checkpoint_path} does not fit this model: {error}") from error
-        _set_rng_state(state["rng"], generator)
+            _set_rng_state(state["rng"], generator)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{out / POINTER} has a broken random state") from error
         metrics = state["metrics"]
         start_epoch = state["epoch"] + 1
-        _write_metrics(out, metrics)  # drop anything written after the checkpoint
+        if main:
+            _write_metrics(out, metrics)  # drop anything written after the checkpoint
     autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
     steps = steps_per_epoch(data)
     learner.train()
@@ -330,21 +346,23 @@ def train(
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            result = learner.local_backward(x, y, raw=raw, autocast=autocast)
-            for segment, value in enumerate(result.losses):
+            result = pipe.local_backward(x, y, raw=raw, autocast=autocast)
+            for unit, value in zip(result.units, result.losses):
                 if not math.isfinite(value):
                     raise TrainingDiverged(
-                        f"the loss of segment {segment} became {value} at epoch {epoch}, step "
+                        f"the loss of segment {unit} became {value} at epoch {epoch}, step "
                         f"{step}; lower --lr or check the data"
                     )
             optimizer.step()
-            totals += torch.tensor(result.losses, dtype=torch.float64) * len(y)
+            losses = torch.tensor(result.losses, dtype=torch.float64)
+            totals[result.units.start : result.units.stop] += losses * result.size
             seen += len(y)
-            if on_step is not None:
+            if on_step is not None and main:
                 on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
+        pipe.flush()
         train_seconds = time.perf_counter() - started
-        segment_losses = (totals / seen).tolist()
-        test_accuracy, head_accuracies = evaluate(learner, data, autocast)
+        segment_losses = (pipe.all_reduce(totals) / seen).tolist()
+        test_accuracy, head_accuracies = pipe.evaluate(data.test(), autocast)
         record = {
             "epoch": epoch,
             "train_loss": segment_losses[-1],
@@ -357,24 +375,58 @@ def train(
         }
         metrics.append(record)
         state = {
-            "version": CHECKPOINT_VERSION,
             "config": asdict(config),
             "epoch": epoch,
-            "learner": learner.state_dict(),
-            "optimizer": optimizer.state_dict(),
             "rng": _rng_state(generator),
             "metrics": metrics,
         }
-        save_atomic(state, checkpoint_path)
-        _write_metrics(out, metrics)
-        if on_epoch is not None:
-            on_epoch(record)
+        save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state)
+        if main:
+            _write_metrics(out, metrics)
+            if on_epoch is not None:
+                on_epoch(record)
     last = metrics[-1] if metrics else {"test_accuracy": None}
     return {**last, "epochs": config.epochs, "out_dir": str(out)}
 
 
+def _checkpoint_tensors(pipe: Pipeline, optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's tensors under one process's names: ``learner.<name>`` for the
+    learner's state, ``optimizer.<parameter name>.<slot>`` for the optimizer's."""
+    tensors = {f"learner.{name}": t for name, t in pipe.state_dict().items()}
+    names = {id(p): name for name, p in pipe.named_parameters()}
+    for param, slots in optimizer.state.items():
+        for slot, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{names[id(param)]}.{slot}"] = value
+    return tensors
+
+
+def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.Optimizer) -> None:
+    """Load this rank's learner and optimizer tensors from the checkpoint in ``out``."""
+    stored = checkpoint_entries(out, state)
+    wanted = {f"learner.{name}": t for name, t in pipe.state_dict().items()}
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for index, (name, param) in enumerate(pipe.named_parameters()):
+        prefix = f"optimizer.{name}."
+        for key, entry in stored.items():
+            if key.startswith(prefix):
+                slot = key[len(prefix) :]
+                tensor = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+                if tensor.dim() and tensor.shape != param.shape:
+                    raise CheckpointError(
+                        f"{out} does not fit this model: optimizer state {key} is "
+                        f"{tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
+                    )
+                slots.setdefault(index, {})[slot] = wanted[key] = tensor.to(param.device)
+    load_tensors(out, state, wanted)
+    groups = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
 def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
-    saved = state.get("config", {})
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not isinstance(state.get("epoch"), int):
+        raise CheckpointError(f"{path} is not a contsup checkpoint")
     current = asdict(config)
     changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
     if changed:

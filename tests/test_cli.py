@@ -141,7 +141,7 @@ def test_train_recipe_with_overrides_prints_json_last(tmp_path):
     assert 0 <= summary["test_accuracy"] <= 1
     assert summary["epochs"] == 1 and summary["out_dir"] == str(out)
     assert len(summary["segment_losses"]) == 2
-    assert (out / "checkpoint.pt").exists() and (out / "metrics.csv").exists()
+    assert (out / "checkpoint.json").exists() and (out / "metrics.csv").exists()
 
 
 def test_train_multi_run_recipe_selects_a_run(tmp_path):
@@ -188,10 +188,10 @@ def test_train_user_errors_exit_2(args, message, tmp_path):
 
 
 def test_train_refuses_to_overwrite_a_run(tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes(b"keep me")
+    (tmp_path / "checkpoint.json").write_bytes(b"keep me")
     result = run("train", "resnet20", "--dataset", "digits", "--out", str(tmp_path))
     assert result.exit_code == 2 and "pass --resume" in result.output
-    assert (tmp_path / "checkpoint.pt").read_bytes() == b"keep me"
+    assert (tmp_path / "checkpoint.json").read_bytes() == b"keep me"
 
 
 def test_split_reports_the_aux_budget():
@@ -225,10 +225,10 @@ def test_train_takes_a_saved_plan(tmp_path):
     args = ["train", "resnet20", "--plan", str(plan), "--dataset", "synthetic", "--epochs", "1"]
     result = run(*args, "--batch-size", "16", "--device", "cpu", "--out", str(out))
     assert result.exit_code == 0, result.output
-    from contsup.checkpoint import load_checkpoint
+    from contsup.checkpoint import checkpoint_entries, load_checkpoint
 
-    state = load_checkpoint(out / "checkpoint.pt")
-    assert {k.split(".")[2] for k in state["learner"] if k.startswith("network.segments.")} == {
+    names = checkpoint_entries(out, load_checkpoint(out))
+    assert {k.split(".")[3] for k in names if k.startswith("learner.network.segments.")} == {
         "0",
         "1",
         "2",

@@ -5,11 +5,18 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
-from contsup.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from contsup.checkpoint import (
+    CheckpointError,
+    checkpoint_entries,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+)
 from contsup.trainer import TrainConfig, TrainingDiverged, build, paper_lr, train
 
 FAST = dict(
@@ -116,7 +123,7 @@ def test_kill_and_resume_gives_the_same_metrics(tmp_path):
     assert json.loads(whole.stdout.splitlines()[-1])["epochs"] == 3
 
     victim = run_cli(tmp_path / "killed", wait=False)
-    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    checkpoint = tmp_path / "killed" / "checkpoint.json"
     deadline = time.time() + 240
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -124,7 +131,7 @@ def test_kill_and_resume_gives_the_same_metrics(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    assert load_checkpoint(checkpoint)["epoch"] in (1, 2)
+    assert load_checkpoint(tmp_path / "killed")["epoch"] in (1, 2)
     assert not list((tmp_path / "killed").glob(".*tmp"))
 
     resumed = run_cli(tmp_path / "killed", "--resume")
@@ -154,20 +161,50 @@ def test_nan_loss_stops_with_segment_and_step(tmp_path, monkeypatch):
     config = TrainConfig(**FAST, epochs=1, out=str(tmp_path))
     with pytest.raises(TrainingDiverged, match=r"loss of segment 1 became nan at epoch 1, step 3;"):
         train(config)
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "checkpoint.json").exists()
 
 
 def test_existing_run_is_never_overwritten(tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes(b"precious")
+    (tmp_path / "checkpoint.json").write_bytes(b"precious")
     with pytest.raises(CheckpointError, match="pass --resume"):
         train(TrainConfig(**FAST, epochs=1, out=str(tmp_path)))
-    assert (tmp_path / "checkpoint.pt").read_bytes() == b"precious"
+    assert (tmp_path / "checkpoint.json").read_bytes() == b"precious"
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoint.json").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         train(TrainConfig(**FAST, epochs=1, out=str(tmp_path)), resume=True)
+
+
+class RunsCode:
+    """Unpickling this would create the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickles_in_checkpoints_never_run(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    # An old contsup's checkpoint.pt is a pickle: refused, never loaded.
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "checkpoint.pt").write_bytes(pickle.dumps({"version": 1, "x": RunsCode(marker)}))
+    with pytest.raises(CheckpointError, match="a pickle that is not loaded"):
+        train(TrainConfig(**FAST, epochs=1, out=str(legacy)), resume=True)
+    # DCP's .metadata is a pickle too: read with an allow-list of DCP's own types.
+    run = tmp_path / "run"
+    save_checkpoint(run, {"learner.w": torch.ones(3)}, {"epoch": 1})
+    folder = run / load_checkpoint(run)["tensors"]
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(CheckpointError, match="open is not part of a DCP checkpoint"):
+        load_tensors(run, load_checkpoint(run), {"learner.w": torch.zeros(3)})
+    assert not marker.exists()
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
@@ -176,18 +213,25 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         train(TrainConfig(**{**FAST, "k": 3}, epochs=2, out=str(tmp_path)), resume=True)
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    save_atomic({"version": 1, "value": 1}, path)
+def test_a_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as dcp
 
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("boom")
+    save_checkpoint(tmp_path, {"learner.w": torch.ones(3)}, {"epoch": 1})
 
-    with pytest.raises(RuntimeError, match="boom"):
-        save_atomic({"version": 1, "value": Unpicklable()}, path)
-    assert load_checkpoint(path)["value"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    def crash(state_dict, storage_writer):
+        Path(storage_writer.path).mkdir(parents=True, exist_ok=True)
+        (Path(storage_writer.path) / "__0_0.distcp").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dcp, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, {"learner.w": torch.zeros(3)}, {"epoch": 2})
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and set(checkpoint_entries(tmp_path, state)) == {"learner.w"}
+    loaded = {"learner.w": torch.empty(3)}
+    load_tensors(tmp_path, state, loaded)
+    assert torch.equal(loaded["learner.w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*tmp"))
 
 
 def test_bf16_autocast_step_runs():

@@ -1,0 +1,138 @@
+"""One rank of a pipelined run, checked against one process on the same rank.
+
+Run by ``test_distributed.py`` as WORLD processes (RANK, WORLD_SIZE, MASTER_ADDR
+and MASTER_PORT in the environment): ``python tests/pipeline_worker.py OUT P...``.
+For each pipeline size P (the rest of the world is data parallel) and each
+context mode, every rank trains a pipelined learner and, by itself, a copy with
+``LocalLearner.local_backward``; it writes what it compared to OUT/rank<R>.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+
+import contsup  # noqa: F401  (registers the CIFAR ResNets in timm)
+from contsup.distributed import pipeline
+from contsup.learner import wrap
+
+BATCHES = [16, 16, 5]  # the last one partial
+IMAGE = (3, 16, 16)
+
+
+class Plain(nn.Module):
+    """A CNN without batch norm: data-parallel replicas agree with one process."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def batches(sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(n, *IMAGE, generator=g), torch.randint(0, 10, (n,), generator=g))
+        for n in sizes
+    ]
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def reference(learner, train, test):
+    """One process: LocalLearner.local_backward and the inference model."""
+    optimizer = sgd(learner.parameters())
+    losses = []
+    for x, y in train:
+        optimizer.zero_grad()
+        losses.append(learner.local_backward(x, y).losses)
+        optimizer.step()
+    learner.eval()
+    with torch.no_grad():
+        correct = sum((learner(x).argmax(1) == y).sum().item() for x, y in test)
+    learner.train()
+    return losses, correct / sum(len(y) for _, y in test)
+
+
+def check(mesh, context: str, exact: bool) -> dict:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20", num_classes=10) if exact else Plain()
+    # Heads without convolutions have no batch norm either (bridges never have one).
+    head = "1c2f" if exact else "0c2f"
+    learner = wrap(model, 4, context=context, head=head, example_input=torch.zeros(2, *IMAGE))
+    twin = copy.deepcopy(learner)
+    train, test = batches(BATCHES, 1), batches([16, 7], 2)
+    ref_losses, ref_accuracy = reference(twin, train, test)
+
+    pipe = pipeline(learner, mesh)
+    optimizer = sgd(pipe.parameters())
+    losses = []
+    for x, y in train:
+        optimizer.zero_grad()
+        losses.append(pipe.local_backward(x, y).losses)
+        optimizer.step()
+    pipe.flush()
+    accuracy, _ = pipe.evaluate(test)
+
+    mine = pipe.state_dict()
+    theirs = {n: t for n, t in twin.state_dict().items() if n in mine}
+    if exact:
+        same = [torch.equal(mine[n], theirs[n]) for n in mine]
+        ref_units = [[row[j] for j in pipe.units] for row in ref_losses]
+        return {
+            "units": list(pipe.units),
+            "tensors": len(mine),
+            "state_equal": all(same),
+            "losses_equal": losses == ref_units,
+            "accuracy_equal": accuracy == ref_accuracy,
+        }
+    gap = max((mine[n] - theirs[n]).abs().max().item() for n in mine)
+    return {
+        "units": list(pipe.units),
+        "tensors": len(mine),
+        "max_gap": gap,
+        "accuracy": accuracy,
+        "ref_accuracy": ref_accuracy,
+    }
+
+
+def main() -> None:
+    out, sizes = Path(sys.argv[1]), [int(v) for v in sys.argv[2:]]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    world, results = dist.get_world_size(), {}
+    for stages in sizes:
+        mesh = init_device_mesh("cpu", (world // stages, stages), mesh_dim_names=("dp", "pp"))
+        exact = world == stages  # one replica: bitwise; several: BN-free, within tolerance
+        for context in ("R0", "E", "R1E", "R2E") if exact else ("R1E",):
+            results[f"P{stages}-{context}"] = check(mesh, context, exact)
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

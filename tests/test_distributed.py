@@ -1,0 +1,283 @@
+"""Pipelined local learning: equal to one process, bitwise; faults end the job.
+
+Every multi-process test runs gloo on 127.0.0.1 with a deadline, and kills what
+it started before it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from contsup.checkpoint import checkpoint_entries, load_checkpoint, load_tensors
+from contsup.distributed import DistributedError, init_mesh, stage_bounds
+from contsup.learner import wrap
+from contsup.trainer import TrainConfig, train
+from tests.conftest import create
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPE = """
+model: resnet20
+k: 4
+context: R1E
+dataset: digits
+train_images: 500
+test_images: 120
+batch_size: 96
+epochs: 3
+lr: 0.1
+warmup_epochs: 0
+device: cpu
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def environment(**extra) -> dict:
+    # One thread per rank, as torchrun sets it; one process runs the same way.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+
+
+class Ranks:
+    """WORLD processes of ``args`` with torch.distributed's variables, killed on exit."""
+
+    def __init__(self, args: list[str], world: int, logs: Path):
+        port = free_port()
+        logs.mkdir(parents=True, exist_ok=True)
+        self.logs = [logs / f"rank{r}.log" for r in range(world)]
+        self.procs = []
+        for rank in range(world):
+            env = environment(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
+            with open(self.logs[rank], "w") as log:
+                self.procs.append(
+                    subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=log)
+                )
+
+    def wait(self, timeout: float) -> list[int]:
+        deadline = time.time() + timeout
+        try:
+            return [p.wait(timeout=max(1.0, deadline - time.time())) for p in self.procs]
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def log(self, rank: int) -> str:
+        return self.logs[rank].read_text()
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "contsup",
+        *args,
+    ]
+    return subprocess.run(
+        command, env=environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def contsup(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "contsup", *args]
+    return subprocess.run(
+        command, env=environment(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def without_timing(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        del r["seconds"], r["images_per_s"]
+    return records
+
+
+def checkpoint_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run_dir)
+    tensors = {
+        name: torch.empty(tuple(e.size), dtype=e.properties.dtype)
+        for name, e in checkpoint_entries(run_dir, state).items()
+    }
+    load_tensors(run_dir, state, tensors)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "digits.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(recipe, tmp_path_factory) -> Path:
+    """The uninterrupted single-process run every pipelined run must equal."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    result = contsup("train", "--recipe", str(recipe), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_stages_balance_unit_costs():
+    assert stage_bounds([1, 1, 1, 1], 2) == [0, 2, 4]
+    assert stage_bounds([5, 1, 1, 1, 1, 1], 2) == [0, 1, 6]
+    assert stage_bounds([1, 2, 3], 3) == [0, 1, 2, 3]
+    with pytest.raises(DistributedError, match="--pipeline 5 needs at least 5 segments"):
+        stage_bounds([1, 1, 1, 1], 5)
+
+
+def test_launch_errors_before_any_process_group(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(DistributedError, match="launch with `torchrun --nproc-per-node 2"):
+        init_mesh(2)
+    assert init_mesh(1) is None
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(DistributedError, match="world size 3 is not divisible by --pipeline 2"):
+        init_mesh(2)
+
+
+def test_one_process_pipeline_is_the_learner():
+    from contsup.distributed import pipeline
+
+    learner = wrap(create("resnet20"), 3, context="R1E", example_input=torch.zeros(2, 3, 16, 16))
+    pipe = pipeline(learner)
+    assert list(pipe.units) == [0, 1, 2] and pipe.first and pipe.last
+    assert {id(p) for p in pipe.parameters()} == {id(p) for p in learner.parameters()}
+    assert pipe.state_dict().keys() == learner.state_dict().keys()
+
+
+@pytest.mark.parametrize("world,sizes", [(2, [2]), (4, [4, 2])])
+def test_pipelined_learner_equals_one_process(tmp_path, world, sizes):
+    """P stages (dp=1) are bitwise one process for R0, E, R1E, R2E; dp=2 is close."""
+    script = str(REPO / "tests" / "pipeline_worker.py")
+    ranks = Ranks([script, str(tmp_path), *map(str, sizes)], world, tmp_path / "logs")
+    codes = ranks.wait(timeout=300)
+    assert codes == [0] * world, "\n".join(ranks.log(r)[-2000:] for r in range(world))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    for stages in sizes:
+        for name in (n for n in results[0] if n.startswith(f"P{stages}-")):
+            rows = [r[name] for r in results]
+            if stages == world:
+                # Each rank owns different units; together, all of them.
+                assert sorted(j for row in rows for j in row["units"]) == [0, 1, 2, 3], name
+                for row in rows:
+                    assert row["tensors"] > 0
+                    assert row["state_equal"] and row["losses_equal"], (name, row)
+                    assert row["accuracy_equal"], (name, row)
+            else:
+                for row in rows:
+                    assert row["max_gap"] < 1e-5, (name, row)
+                    assert abs(row["accuracy"] - row["ref_accuracy"]) <= 1 / 23, (name, row)
+
+
+def test_torchrun_pipeline_equals_one_process(recipe, one_process, tmp_path):
+    out = tmp_path / "p2"
+    result = torchrun(2, "train", "--recipe", str(recipe), "--out", str(out), "--pipeline", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert without_timing(out) == without_timing(one_process)
+    assert result.stdout.count("test accuracy") == 1  # only rank 0 reports
+    mine, theirs = checkpoint_tensors(out), checkpoint_tensors(one_process)
+    assert mine.keys() == theirs.keys()
+    assert any(n.startswith("optimizer.") for n in mine)
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)
+
+
+def test_killed_rank_ends_the_job_and_resume_at_another_size(recipe, one_process, tmp_path):
+    out = tmp_path / "run"
+    args = ["-m", "contsup", "train", "--recipe", str(recipe), "--out", str(out)]
+    ranks = Ranks([*args, "--pipeline", "2"], 2, tmp_path / "logs")
+    try:
+        deadline = time.time() + 180
+        while not (out / "checkpoint.json").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in ranks.procs), ranks.log(0)
+            time.sleep(0.05)
+        killed = time.time()
+        ranks.procs[1].send_signal(signal.SIGKILL)
+        code = ranks.procs[0].wait(timeout=60)
+        assert time.time() - killed < 60
+    finally:
+        ranks.kill()
+    assert code == 1
+    log = ranks.log(0)
+    assert "error: rank 1 stopped, so rank 0 cannot go on" in log and "Traceback" not in log
+    assert load_checkpoint(out)["epoch"] in (1, 2)
+
+    # Saved by two stages, finished by one process: the same run.
+    resumed = contsup(*args[2:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(out) == without_timing(one_process)
+
+
+def test_one_process_checkpoint_resumes_pipelined(recipe, one_process, tmp_path):
+    from contsup.recipes import load_recipe
+
+    torch.set_num_threads(1)  # as the ranks and the reference run
+    config = TrainConfig(**load_recipe(recipe).base, out=str(tmp_path / "run"))
+
+    def stop_after_first_epoch(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_epoch=stop_after_first_epoch)
+    assert load_checkpoint(config.out)["epoch"] == 1
+    result = torchrun(
+        2, "train", "--recipe", str(recipe), "--out", config.out, "--pipeline", "2", "--resume"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert without_timing(Path(config.out)) == without_timing(one_process)
+
+
+def test_user_errors_exit_2(recipe, tmp_path):
+    outside = contsup("train", "--recipe", str(recipe), "--pipeline", "2", "--out", str(tmp_path))
+    assert outside.returncode == 2
+    assert "error: --pipeline 2 needs one process per stage" in outside.stderr
+    assert "Traceback" not in outside.stderr
+
+    too_many = torchrun(
+        2,
+        "train",
+        "--recipe",
+        str(recipe),
+        "--k",
+        "1",
+        "--pipeline",
+        "2",
+        "--out",
+        str(tmp_path / "k1"),
+    )
+    assert too_many.returncode != 0
+    assert "error: --pipeline 2 needs at least 2 segments; the model has 1" in too_many.stderr
+    # torchrun reports the workers' exit code 2 (and a traceback of its own, not theirs).
+    assert "exitcode  : 2" in too_many.stderr
+    assert f'File "{REPO / "contsup"}' not in too_many.stderr
