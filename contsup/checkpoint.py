@@ -43,7 +43,7 @@ __all__ = [
 
 CHECKPOINT_VERSION = 2
 POINTER = "checkpoint.json"
-LEGACY = "checkpoint.pt"  # contsup < 0.3: one torch.save pickle
+LEGACY = "checkpoint.pt"  # contsup < 0.2: one torch.save pickle
 
 
 class CheckpointError(ContsupError):
@@ -112,7 +112,7 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     if not path.exists():
         if (run_dir / LEGACY).exists():
             raise CheckpointError(
-                f"{run_dir / LEGACY} is a checkpoint of contsup < 0.3, a pickle that is not "
+                f"{run_dir / LEGACY} is a checkpoint of contsup < 0.2, a pickle that is not "
                 "loaded because it could run code; start the run again in a new --out"
             )
         raise CheckpointError(f"no checkpoint in {run_dir}")

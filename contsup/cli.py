@@ -318,6 +318,9 @@ def train(
         int | None,
         typer.Option(help="pipeline stages, one process each (under torchrun; the rest is dp)"),
     ] = None,
+    pipeline_balance: Annotated[
+        str | None, typer.Option(help="what stages balance: time (measured) | cost")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from out/checkpoint.pt")
     ] = False,

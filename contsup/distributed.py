@@ -8,15 +8,18 @@ the same order as in one process, so the result is bitwise the same.
 
 Ranks form a ``DeviceMesh`` with dims ``("dp", "pp")``. A stage is a contiguous run
 of units (unit j: the bridge into segment j, segment j, head j), balanced by the
-partition's costs. Every rank replays the same batches (same seed, sampler and
-augmentation), so only boundary tensors travel: segment ``b-1``'s output and the
-earlier boundary inputs that ``Rn`` bridges further down read. Each ``dp`` replica
-takes its slice of every batch and averages its stage's gradients with the other
-replicas of that stage, weighted by slice size, as DDP would.
+partition's costs or by each unit's measured step time. Every rank replays the
+same batches (same seed, sampler and augmentation), so only boundary tensors
+travel: segment ``b-1``'s output and the earlier boundary inputs that ``Rn``
+bridges further down read. Each ``dp`` replica takes its slice of every batch and
+averages its stage's gradients with the other replicas of that stage, weighted by
+slice size, as DDP would.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 import time
@@ -31,7 +34,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from contsup.errors import ContsupError
 from contsup.learner import Carry, LocalLearner
-from partitioner.balance import group_sums, min_max_partition
+from partitioner.balance import min_max_partition
 from partitioner.plan import objective_cost
 
 __all__ = [
@@ -115,6 +118,39 @@ def stage_bounds(costs: list[float], stages: int) -> list[int]:
     return [0, *min_max_partition(costs, stages), len(costs)]
 
 
+def unit_seconds(
+    learner: LocalLearner, batch_size: int, device: torch.device, repeats: int = 2
+) -> list[float]:
+    """Seconds each unit's training step takes on random data of ``batch_size`` images,
+    timed on a copy of ``learner`` on ``device`` (the learner and the random state are
+    left as they were); the fastest of ``repeats`` runs.
+
+    Example::
+
+        unit_seconds(learner, 128, torch.device("cpu"))  # resnet32, K=4: [0.28, 0.14, 0.12, 0.09]
+    """
+    twin = copy.deepcopy(learner).to(device)
+    shape = (batch_size, *learner.partition.input_shape[1:])
+    best = [math.inf] * learner.k
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = torch.randn(shape, device=device)
+        y = torch.zeros(batch_size, dtype=torch.long, device=device)  # class 0 always exists
+        for _ in range(repeats):
+            carry = Carry()
+            for j in range(learner.k):
+                _synchronize(device)
+                started = time.perf_counter()
+                twin.local_units(x, y, carry, j, j + 1)
+                _synchronize(device)
+                best[j] = min(best[j], time.perf_counter() - started)
+    return best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def unit_costs(learner: LocalLearner) -> list[float]:
     """Each unit's cost under the partition's objective, its heads and bridges included."""
     part = learner.partition
@@ -160,6 +196,9 @@ class Pipeline:
         learner: LocalLearner,
         mesh: DeviceMesh | None = None,
         device: torch.device | str | None = None,
+        *,
+        balance: str | list[float] = "cost",
+        batch_size: int = 32,
     ):
         self.learner = learner
         self.mesh = mesh
@@ -167,13 +206,31 @@ class Pipeline:
         self.replicas = mesh["dp"].size() if mesh is not None else 1
         self.stage = mesh.get_local_rank("pp") if mesh is not None else 0
         self.replica = mesh.get_local_rank("dp") if mesh is not None else 0
-        self.costs = unit_costs(learner)
+        self.device = torch.device(device) if device is not None else _device_of(learner)
+        if isinstance(balance, str) and balance not in ("cost", "time"):
+            raise DistributedError(f"stages balance cost or time, not {balance!r}")
+        if not isinstance(balance, str) and len(balance) != learner.k:
+            raise DistributedError(f"balance needs {learner.k} unit costs, got {len(balance)}")
+        if self.stages == 1 or balance == "cost":
+            self.costs = unit_costs(learner)
+        elif balance == "time":
+            shard = -(-batch_size // self.replicas)
+            seconds = torch.tensor(unit_seconds(learner, shard, self.device), dtype=torch.float64)
+            if mesh is not None:  # every rank must cut the same way: average their clocks
+                self._all_reduce(seconds)
+            self.costs = seconds.tolist()
+        else:
+            self.costs = [float(c) for c in balance]
         bounds = stage_bounds(self.costs, self.stages)
         self.bounds = bounds
         self.units = range(bounds[self.stage], bounds[self.stage + 1])
-        self.device = torch.device(device) if device is not None else _device_of(learner)
         for module in self.modules():
             module.to(self.device)
+        owned = {id(m) for m in self.modules()}
+        for j in range(learner.k):  # other stages' units: freed, their shapes kept
+            for module in self.unit_modules(j):
+                if id(module) not in owned:
+                    module.to("meta")
         for name in ("mean", "std"):
             setattr(learner, name, getattr(learner, name).to(self.device))
         if mesh is not None:
@@ -260,7 +317,7 @@ class Pipeline:
         carry = Carry()
         if len(y):  # a replica whose slice of a small last batch is empty sits it out
             if not self.first:
-                self._receive(carry, len(y))
+                self._receive(carry)
             started = time.perf_counter()
             unit_losses = self.learner.local_units(
                 x, y, carry, self.units.start, self.units.stop, raw=raw, autocast=autocast
@@ -298,7 +355,7 @@ class Pipeline:
                     continue
                 carry = Carry()
                 if not self.first:
-                    self._receive(carry, len(y))
+                    self._receive(carry)
                 on_boundary = _head_scorer(learner, counts, y) if with_heads else None
                 with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
                     out = learner.network.run(
@@ -356,7 +413,7 @@ class Pipeline:
         except RuntimeError as error:
             raise self._lost(self.next, error) from None
 
-    def _receive(self, carry: Carry, batch: int) -> None:
+    def _receive(self, carry: Carry) -> None:
         header = torch.empty(self._header_size(), dtype=torch.int64, device=self.device)
         self._recv(header)
         header = header.cpu()
@@ -448,22 +505,30 @@ def _device_of(learner: LocalLearner) -> torch.device:
 
 
 def pipeline(
-    learner: LocalLearner, mesh: DeviceMesh | None = None, device: torch.device | str | None = None
+    learner: LocalLearner,
+    mesh: DeviceMesh | None = None,
+    device: torch.device | str | None = None,
+    *,
+    balance: str | list[float] = "cost",
+    batch_size: int = 32,
 ) -> Pipeline:
     """This rank's stage of ``learner`` on ``mesh`` (dims ``("dp", "pp")``), its
-    modules moved to ``device``.
+    modules moved to ``device`` and the other stages' freed (moved to the meta device).
 
     Example::
 
         mesh = init_mesh(pipeline=2)            # under torchrun
-        pipe = pipeline(learner, mesh)
+        pipe = pipeline(learner, mesh, balance="time", batch_size=128)
         step = pipe.local_backward(x, y)        # then optimizer.step()
 
+    Args:
+        balance: what contiguous stages balance: ``cost`` (the partition's objective,
+            heads and bridges included), ``time`` (each unit's step timed once on
+            random data of ``batch_size`` images on ``device``, averaged over
+            ranks: the fastest pipe, since time is not proportional to FLOPs), or
+            one number per unit.
+
     Raises ``DistributedError`` when the mesh has more stages than ``learner`` has segments.
+    Every split gives the same result; only the speed differs.
     """
-    return Pipeline(learner, mesh, device)
-
-
-def stage_costs(pipe: Pipeline) -> list[float]:
-    """Each stage's summed unit cost under the partition's objective."""
-    return group_sums(pipe.costs, pipe.bounds[1:-1])
+    return Pipeline(learner, mesh, device, balance=balance, batch_size=batch_size)

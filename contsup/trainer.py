@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     pipeline: int = 1
+    pipeline_balance: str = "time"
 
     # Changing these between a checkpoint and its resume would make a different run.
     IDENTITY = (
@@ -310,7 +311,9 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
     random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     learner, data, device = build(config)
-    pipe = pipeline(learner, mesh, device)
+    pipe = pipeline(
+        learner, mesh, device, balance=config.pipeline_balance, batch_size=config.batch_size
+    )
     optimizer = torch.optim.SGD(
         pipe.parameters(),
         lr=config.lr,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from contsup.checkpoint import checkpoint_entries, load_checkpoint, load_tensors
-from contsup.distributed import DistributedError, init_mesh, stage_bounds
+from contsup.distributed import DistributedError, init_mesh, stage_bounds, unit_seconds
 from contsup.learner import wrap
 from contsup.trainer import TrainConfig, train
 from tests.conftest import create
@@ -168,13 +168,28 @@ def test_launch_errors_before_any_process_group(monkeypatch):
 
 
 def test_one_process_pipeline_is_the_learner():
-    from contsup.distributed import pipeline
+    from contsup.distributed import Pipeline, pipeline
 
     learner = wrap(create("resnet20"), 3, context="R1E", example_input=torch.zeros(2, 3, 16, 16))
     pipe = pipeline(learner)
     assert list(pipe.units) == [0, 1, 2] and pipe.first and pipe.last
     assert {id(p) for p in pipe.parameters()} == {id(p) for p in learner.parameters()}
     assert pipe.state_dict().keys() == learner.state_dict().keys()
+    with pytest.raises(DistributedError, match="stages balance cost or time, not 'speed'"):
+        pipeline(learner, balance="speed")
+    with pytest.raises(DistributedError, match="balance needs 3 unit costs, got 2"):
+        Pipeline(learner, balance=[1.0, 2.0])
+
+
+def test_unit_seconds_leave_the_learner_as_it_was():
+    learner = wrap(create("resnet20"), 3, context="R1E", example_input=torch.zeros(2, 3, 16, 16))
+    before = {n: t.clone() for n, t in learner.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = unit_seconds(learner, 8, torch.device("cpu"))
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    assert all(torch.equal(before[n], t) for n, t in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 @pytest.mark.parametrize("world,sizes", [(2, [2]), (4, [4, 2])])
