@@ -59,18 +59,20 @@ def batches(sizes, seed):
     ]
 
 
-def sgd(params):
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+def train_losses(local_backward, params, train) -> list[list[float]]:
+    """Step an SGD over ``params`` after each ``local_backward(x, y)``; its losses."""
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    losses = []
+    for x, y in train:
+        optimizer.zero_grad()
+        losses.append(local_backward(x, y).losses)
+        optimizer.step()
+    return losses
 
 
 def reference(learner, train, test):
     """One process: LocalLearner.local_backward and the inference model."""
-    optimizer = sgd(learner.parameters())
-    losses = []
-    for x, y in train:
-        optimizer.zero_grad()
-        losses.append(learner.local_backward(x, y).losses)
-        optimizer.step()
+    losses = train_losses(learner.local_backward, learner.parameters(), train)
     learner.eval()
     with torch.no_grad():
         correct = sum((learner(x).argmax(1) == y).sum().item() for x, y in test)
@@ -89,12 +91,7 @@ def check(mesh, context: str, exact: bool) -> dict:
     ref_losses, ref_accuracy = reference(twin, train, test)
 
     pipe = pipeline(learner, mesh)
-    optimizer = sgd(pipe.parameters())
-    losses = []
-    for x, y in train:
-        optimizer.zero_grad()
-        losses.append(pipe.local_backward(x, y).losses)
-        optimizer.step()
+    losses = train_losses(pipe.local_backward, pipe.parameters(), train)
     pipe.flush()
     accuracy, _ = pipe.evaluate(test)
 
