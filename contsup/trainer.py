@@ -1,11 +1,13 @@
 """Train a LocalLearner: the paper's SGD and schedule, metrics, atomic checkpoints, resume.
 
 Per epoch: train (one ``local_backward`` and one optimizer step per batch), then
-evaluate on the test split, then write ``checkpoint.pt`` (atomically), then
-rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics. A
-kill at any moment loses at most the epoch in progress; ``resume=True``
+evaluate on the test split, then commit a checkpoint (``contsup.checkpoint``),
+then rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics.
+A kill at any moment loses at most the epoch in progress; ``resume=True``
 continues from the last checkpoint with the same model, optimizer, schedule
 position, random state and metrics, so the run ends as if never interrupted.
+The same loop runs one process or, under torchrun, one pipeline stage per rank
+(``contsup.distributed``); a checkpoint from either resumes in the other.
 """
 
 from __future__ import annotations
@@ -140,11 +142,9 @@ def paper_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 10) -> flo
 
 def _device(name: str) -> torch.device:
     """The device a run (or, under torchrun, this rank) uses: ``auto`` takes CUDA if any."""
-    device = (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "auto"
-        else (torch.device(name))
-    )
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
     if device.type == "cuda" and device.index is None and launched():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
