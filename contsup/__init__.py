@@ -8,7 +8,8 @@ Example::
 
 Importing contsup registers the paper's CIFAR ResNets in timm
 (``timm.create_model("resnet110", num_classes=10)``). ``contsup.distributed``
-(pipelines over torch.distributed) is imported on first use.
+(pipelines over torch.distributed) and ``contsup.load`` (a model that ``contsup
+export`` wrote) are imported on first use.
 """
 
 import importlib
@@ -16,11 +17,14 @@ import importlib
 from contsup import models
 from contsup.learner import LocalLearner, LocalStep, wrap
 
-__all__ = ["LocalLearner", "LocalStep", "distributed", "models", "wrap"]
+__all__ = ["LocalLearner", "LocalStep", "distributed", "load", "models", "wrap"]
 __version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    if name == "distributed":  # torch.distributed's device mesh is slow to import
+    # Imported on first use: torch.distributed's device mesh and the trainer are slow to import.
+    if name == "distributed":
         return importlib.import_module("contsup.distributed")
+    if name == "load":
+        return importlib.import_module("contsup.runs").load
     raise AttributeError(f"module 'contsup' has no attribute {name!r}")

@@ -17,8 +17,10 @@ and the tensors themselves are read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
+import random
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -38,7 +40,11 @@ __all__ = [
     "checkpoint_entries",
     "load_checkpoint",
     "load_tensors",
+    "convert_legacy",
+    "read_legacy",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]
 
 CHECKPOINT_VERSION = 2
@@ -112,8 +118,8 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     if not path.exists():
         if (run_dir / LEGACY).exists():
             raise CheckpointError(
-                f"{run_dir / LEGACY} is a checkpoint of contsup < 0.2, a pickle that is not "
-                "loaded because it could run code; start the run again in a new --out"
+                f"{run_dir / LEGACY} is a checkpoint of contsup < 0.2; `contsup eval "
+                f"{run_dir}` or `contsup train ... --resume` converts it (tensors only)"
             )
         raise CheckpointError(f"no checkpoint in {run_dir}")
     try:
@@ -168,6 +174,106 @@ def load_tensors(run_dir: str | Path, state: dict, wanted: dict[str, torch.Tenso
             dcp.load(wanted, storage_reader=reader)
     except Exception as error:
         raise CheckpointError(f"cannot read checkpoint {folder}: {error}") from error
+
+
+def _encode(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Random state as JSON: torch's, Python's and ``generator``'s (and CUDA's).
+
+    Example::
+
+        state = rng_state(generator)   # into checkpoint.json
+        set_rng_state(state, generator)
+    """
+    return _rng_json(
+        torch.get_rng_state(),
+        random.getstate(),
+        generator.get_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
+
+
+def _rng_json(torch_state, python_state, data_state, cuda_states) -> dict:
+    version, numbers, gauss = python_state
+    state = {
+        "torch": _encode(torch_state),
+        "python": [version, list(numbers), gauss],
+        "data": _encode(data_state),
+    }
+    if cuda_states is not None:
+        state["cuda"] = [_encode(s) for s in cuda_states]
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    """Restore what ``rng_state`` recorded; ``CheckpointError`` if it is malformed."""
+    try:
+        torch.set_rng_state(_decode(state["torch"]))
+        version, numbers, gauss = state["python"]
+        random.setstate((version, tuple(numbers), gauss))
+        generator.set_state(_decode(state["data"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([_decode(s) for s in state["cuda"]])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"a checkpoint's random state is malformed: {error}") from error
+
+
+def read_legacy(path: str | Path) -> dict:
+    """An older contsup's ``checkpoint.pt``, read with ``weights_only=True``: tensors,
+    numbers, strings, lists, tuples and dicts only. A pickle that would build
+    anything else (and so could run code) raises ``CheckpointError`` unread."""
+    try:
+        old = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} was not loaded: it holds more than tensors and numbers, and unpickling "
+            "it could run code"
+        ) from error
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}") from error
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        raise CheckpointError(f"{path} is not a contsup checkpoint")
+    return old
+
+
+def convert_legacy(run_dir: str | Path, parameter_names: list[str]) -> None:
+    """Rewrite an older contsup's ``checkpoint.pt`` as a checkpoint of this one.
+
+    Example::
+
+        convert_legacy("runs/old", [name for name, _ in learner.named_parameters()])
+
+    The pickle is read with ``weights_only=True``: tensors, numbers, strings,
+    lists, tuples and dicts only, so a file that would run code is refused
+    (``CheckpointError``) and the code never runs. ``parameter_names`` are the
+    learner's parameters in the order its optimizer had them. ``checkpoint.pt``
+    itself is kept.
+    """
+    path = Path(run_dir) / LEGACY
+    old = read_legacy(path)
+    try:
+        tensors = {f"learner.{name}": t for name, t in old["learner"].items()}
+        for index, slots in old["optimizer"]["state"].items():
+            for slot, value in slots.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{parameter_names[index]}.{slot}"] = value
+        rng = old["rng"]
+        state = {
+            "config": old["config"],
+            "epoch": int(old["epoch"]),
+            "metrics": old["metrics"],
+            "rng": _rng_json(rng["torch"], rng["python"], rng["data"], rng.get("cuda")),
+        }
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path} is not a contsup checkpoint") from error
+    save_checkpoint(run_dir, tensors, state)
 
 
 # What DCP's .metadata pickle may build: its own records, dtypes, sizes and paths.

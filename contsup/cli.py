@@ -1,4 +1,5 @@
-"""The ``contsup`` command line: ``split``, ``train``, ``bench`` and ``models``.
+"""The ``contsup`` command line: ``split``, ``train``, ``bench``, ``eval``, ``export``,
+``plot`` and ``models``.
 
 User errors (unknown model, bad K, an input size the model rejects, a model fx
 cannot trace, missing data, a bad recipe, a corrupt checkpoint) print one
@@ -570,6 +571,104 @@ def print_bench_table(result: dict) -> None:
         + "; floor = R0 with a GAP+Linear head at the first context's cuts; aux = heads and "
         "bridges as a fraction of the backbone"
     )
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (contsup train --out)")],
+    dataset: Annotated[
+        str | None, typer.Option(help="another dataset of the same shape and classes")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="where datasets live")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="default: the run's")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Test accuracy of a saved run's model, and of each local head, from its last checkpoint."""
+    with user_errors():
+        from contsup.data import load_dataset
+        from contsup.distributed import pipeline
+        from contsup.runs import open_run
+        from contsup.trainer import resolve_device
+
+        check_device(device)
+        run = open_run(run_dir)
+        config = run.config
+        name = dataset or config.dataset
+        target = resolve_device(device)
+        data = load_dataset(
+            name,
+            batch_size=batch_size or config.batch_size,
+            device=target,
+            data_dir=data_dir or config.data_dir,
+            workers=config.workers,
+        )
+        if (tuple(data.info.image_size), data.info.num_classes) != (
+            tuple(run.info.image_size),
+            run.info.num_classes,
+        ):
+            raise UserError(
+                f"{name} has {data.info.num_classes} classes of {tuple(data.info.image_size)} "
+                f"images; the run was trained on {run.info.num_classes} of "
+                f"{tuple(run.info.image_size)}"
+            )
+        if dataset is None:
+            data.take(None, config.test_images)  # the run's own test split
+        scores = pipeline(run.learner, None, target).evaluate(data.test())
+    accuracy, heads = scores.accuracy, scores.head_accuracies
+    result = {
+        "run": str(run_dir),
+        "epoch": run.state["epoch"],
+        "dataset": name,
+        "test_images": data.test_size,
+        "test_accuracy": accuracy,
+        "test_loss": scores.loss,
+        "head_accuracies": heads,
+        "head_test_losses": scores.head_losses,
+    }
+    if as_json:
+        print(json.dumps(result))
+        return
+    stdout.print(
+        f"{run_dir} (epoch {result['epoch']}) on {name}: test accuracy "
+        f"[bold]{accuracy:.4f}[/bold] over {data.test_size} images",
+        highlight=False,
+    )
+    for i, value in enumerate(heads):
+        stdout.print(f"  head {i} (after segment {i}): {value:.4f}", highlight=False)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (contsup train --out)")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx | pt2")] = "safetensors",
+    out: Annotated[Path | None, typer.Option(help="file to write (default: in RUN_DIR)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+) -> None:
+    """Write a saved run's inference model (segments and bridges, no heads) to a file."""
+    with user_errors():
+        from contsup.runs import EXPORT_FORMATS, ExportError, export_run, open_run
+
+        if fmt not in EXPORT_FORMATS:
+            raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        target = out or run_dir / f"model.{fmt}"
+        if target.exists() and not force:  # before the slow part
+            raise ExportError(f"{target} exists; pass --force to replace it")
+        written = export_run(open_run(run_dir), fmt, target, force=force)
+    stdout.print(f"wrote {written}", highlight=False)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (contsup train --out)")],
+    out: Annotated[Path | None, typer.Option(help="image to write")] = None,
+) -> None:
+    """Draw test accuracy by segment and by epoch from a run's metrics.jsonl."""
+    with user_errors():
+        from contsup.plots import plot_run
+
+        written = plot_run(run_dir, out or run_dir / "accuracy.png")
+    stdout.print(f"wrote {written}", highlight=False)
 
 
 @app.command()

@@ -39,6 +39,7 @@ from partitioner.plan import objective_cost
 
 __all__ = [
     "DistributedError",
+    "Evaluation",
     "Pipeline",
     "RankLost",
     "StageStep",
@@ -164,14 +165,31 @@ def unit_costs(learner: LocalLearner) -> list[float]:
 class StageStep:
     """What one stage's ``local_backward`` returns.
 
-    ``losses[i]`` is unit ``units[i]``'s loss on this rank's ``size`` images;
-    ``logits`` the final logits on the last stage (None elsewhere).
+    ``losses[i]`` is unit ``units[i]``'s loss on this rank's ``size`` images, and
+    ``correct[i]`` how many of them its head (the last unit: the classifier) got
+    right; ``logits`` the final logits on the last stage (None elsewhere).
     """
 
     units: range
     losses: list[float]
+    correct: list[int]
     size: int
     logits: torch.Tensor | None
+
+
+@dataclass
+class Evaluation:
+    """Test results, the same on every rank. Head lists are empty for contrastive heads.
+
+    ``accuracy`` and ``loss``: the inference model's top-1 accuracy and mean
+    cross-entropy; ``head_accuracies`` and ``head_losses``: each local head's, on
+    its own boundary (how linearly separable each depth is).
+    """
+
+    accuracy: float
+    loss: float
+    head_accuracies: list[float]
+    head_losses: list[float]
 
 
 class Pipeline:
@@ -186,7 +204,7 @@ class Pipeline:
             optimizer.zero_grad()
             step = pipe.local_backward(x, y)
             optimizer.step()
-        accuracy, head_accuracies = pipe.evaluate(test_batches)
+        result = pipe.evaluate(test_batches)   # .accuracy, .head_accuracies, ...
 
     With ``mesh=None`` it is the whole learner in one process (no communication).
     """
@@ -313,71 +331,75 @@ class Pipeline:
         x, y, raw = self.shard(x, y, raw)
         if self.dp_group is not None:
             self._broadcast_buffers()
-        losses = [0.0] * len(self.units)
+        losses, correct = [0.0] * len(self.units), [0] * len(self.units)
         carry = Carry()
         if len(y):  # a replica whose slice of a small last batch is empty sits it out
             if not self.first:
                 self._receive(carry)
             started = time.perf_counter()
-            unit_losses = self.learner.local_units(
+            unit_losses, unit_correct = self.learner.local_units(
                 x, y, carry, self.units.start, self.units.stop, raw=raw, autocast=autocast
             )
             losses = torch.stack(unit_losses).tolist()
+            correct = torch.stack(unit_correct).tolist()
             self.computing += time.perf_counter() - started
             if not self.last:
                 self._send(carry)
         if self.dp_group is not None:
             self._average_gradients(len(y) / total)
-        return StageStep(self.units, losses, len(y), carry.out if self.last else None)
+        return StageStep(self.units, losses, correct, len(y), carry.out if self.last else None)
 
     def evaluate(
         self, batches: Iterable[tuple[torch.Tensor, ...]], autocast: torch.dtype | None = None
-    ) -> tuple[float, list[float]]:
-        """Top-1 accuracy of the inference model, and of each local head on its
-        boundary (empty for the contrastive loss), over ``batches``; the same on every rank.
+    ) -> Evaluation:
+        """The inference model and each local head on ``batches``; the same on every rank.
 
         Example::
 
-            accuracy, head_accuracies = pipe.evaluate(data.test())
+            result = pipe.evaluate(data.test())
+            result.accuracy, result.head_accuracies
         """
         learner = self.learner
         with_heads = learner.local_loss == "ce"
-        # [final correct, head 0 correct, ..., head K-2 correct, images]
-        counts = torch.zeros(learner.k + 1, dtype=torch.float64)
+        k = learner.k
+        # Sums: [correct of units 0..K-1 (K-1: the model), their cross-entropies, images]
+        sums = torch.zeros(2 * k + 1, dtype=torch.float64)
         learner.eval()
         if self.dp_group is not None:
             self._broadcast_buffers()
         with torch.no_grad():
             for x, y, *_ in batches:
-                counts[-1] += len(y)
+                sums[-1] += len(y)
                 x, y = self.shard(x, y)
                 if not len(y):
                     continue
                 carry = Carry()
                 if not self.first:
                     self._receive(carry)
-                on_boundary = _head_scorer(learner, counts, y) if with_heads else None
+                on_boundary = _head_scorer(learner, sums, y) if with_heads else None
                 with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
                     out = learner.network.run(
                         x, carry, self.units.start, self.units.stop, on_boundary
                     )
                 if self.last:
-                    counts[0] += (out.argmax(1) == y).sum().item()
+                    _score(sums, k - 1, k, out, y)
                 else:
                     self._send(carry)
         self.flush()
         learner.train()
-        images = counts[-1].item()
+        images = sums[-1].item()
         if self.mesh is not None:
-            counts[-1] = 0
-            self._all_reduce(counts)
-        accuracy = (counts[:-1] / images).tolist()
-        return accuracy[0], accuracy[1:] if with_heads else []
+            sums[-1] = 0
+            self._all_reduce(sums)
+        means = (sums[:-1] / images).tolist()
+        heads = k - 1 if with_heads else 0
+        return Evaluation(means[k - 1], means[2 * k - 1], means[:heads], means[k : k + heads])
 
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over all ranks in place (a no-op in one process); returns it."""
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``tensor``'s sum (or ``op="max"``) over all ranks, in place (a no-op in one
+        process); returns it."""
         if self.mesh is not None:
-            self._all_reduce(tensor)
+            self._all_reduce(tensor, op=op)
         return tensor
 
     def flush(self) -> None:
@@ -455,10 +477,11 @@ class Pipeline:
 
     # -- data parallelism -------------------------------------------------------
 
-    def _all_reduce(self, tensor: torch.Tensor, group=None) -> None:
+    def _all_reduce(self, tensor: torch.Tensor, group=None, op: str = "sum") -> None:
         moved = tensor.to(self.device)
+        reduce = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
         try:
-            dist.all_reduce(moved, group=group)
+            dist.all_reduce(moved, op=reduce, group=group)
         except RuntimeError as error:
             raise self._lost(None, error) from None
         tensor.copy_(moved)
@@ -490,11 +513,17 @@ class Pipeline:
                     raise self._lost(source, error) from None
 
 
-def _head_scorer(learner: LocalLearner, counts: torch.Tensor, y: torch.Tensor):
-    """An ``on_boundary`` that counts head j's correct answers into ``counts[1 + j]``."""
+def _score(sums: torch.Tensor, unit: int, k: int, scores: torch.Tensor, y: torch.Tensor) -> None:
+    """Add ``scores``' correct answers and summed cross-entropy to unit ``unit``'s sums."""
+    sums[unit] += (scores.argmax(1) == y).sum().item()
+    sums[k + unit] += torch.nn.functional.cross_entropy(scores.float(), y, reduction="sum").item()
+
+
+def _head_scorer(learner: LocalLearner, sums: torch.Tensor, y: torch.Tensor):
+    """An ``on_boundary`` that scores head j on its boundary into ``sums``."""
 
     def score(j: int, h: torch.Tensor) -> None:
-        counts[1 + j] += (learner.heads[j](h).argmax(1) == y).sum().item()
+        _score(sums, j, learner.k, learner.heads[j](h), y)
 
     return score
 

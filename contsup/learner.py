@@ -207,9 +207,17 @@ class LocalLearner(nn.Module):
         """A standalone copy of the inference model (segments and bridges, no heads)."""
         return copy.deepcopy(self.network)
 
-    def local_loss_of(self, k: int, out: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None):
-        """Boundary ``k``'s local loss: head score, plus weighted reconstruction if enabled."""
-        loss = self._score(self.heads[k](out), y)
+    def local_loss_of(
+        self,
+        k: int,
+        out: torch.Tensor,
+        y: torch.Tensor,
+        raw: torch.Tensor | None,
+        head_out: torch.Tensor | None = None,
+    ):
+        """Boundary ``k``'s local loss: head score, plus weighted reconstruction if enabled.
+        ``head_out``: the head's output on ``out``, when the caller has it already."""
+        loss = self._score(self.heads[k](out) if head_out is None else head_out, y)
         if not self.decoders:
             return loss
         reconstruction_weight, local_weight = self.loss_weights[k]
@@ -238,7 +246,7 @@ class LocalLearner(nn.Module):
             autocast: run forward passes under ``torch.autocast`` with this dtype.
         """
         carry = Carry()
-        losses = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
+        losses, _ = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
         return LocalStep(carry.out, torch.stack(losses).tolist())
 
     def local_units(
@@ -251,9 +259,11 @@ class LocalLearner(nn.Module):
         *,
         raw: torch.Tensor | None = None,
         autocast: torch.dtype | None = None,
-    ) -> list[torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``local_backward`` for units ``start..stop-1`` only, from ``carry``: their
-        detached losses. A pipeline stage runs its own units and sends the carry on.
+        detached losses, and how many labels each unit's head (the last unit: the
+        classifier) got right (0 for contrastive heads, which give features). A
+        pipeline stage runs its own units and sends the carry on.
 
         Unit j is the bridge into segment j, segment j, and segment j's local loss;
         its backward reaches the bridge too, never the segment before.
@@ -263,7 +273,8 @@ class LocalLearner(nn.Module):
         cast = (
             torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         )
-        losses = []
+        losses, correct = [], []
+        classify = self.local_loss == "ce"
         out = carry.out
         for j in range(start, stop):
             with cast:
@@ -276,15 +287,19 @@ class LocalLearner(nn.Module):
                     self.network.keep(carry.inputs, h.detach())
                 out = self.segments[j](h)
                 last = j == self.k - 1
-                loss = (
-                    F.cross_entropy(out.float(), y) if last else self.local_loss_of(j, out, y, raw)
-                )
+                scores = out if last else self.heads[j](out)
+                if last:
+                    loss = F.cross_entropy(out.float(), y)
+                else:
+                    loss = self.local_loss_of(j, out, y, raw, scores)
             if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
                 loss.backward()
             losses.append(loss.detach())
+            hits = (scores.detach().argmax(1) == y).sum() if last or classify else y.new_zeros(())
+            correct.append(hits)
             out = out.detach()
         carry.out = out
-        return losses
+        return losses, correct
 
 
 def _default_input(model: nn.Module) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["SavedTensorTracker"]
+__all__ = ["PeakMemory", "SavedTensorTracker"]
 
 
 class _Held:
@@ -77,3 +77,34 @@ class SavedTensorTracker:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+
+
+class PeakMemory:
+    """Peak memory over a block: the CUDA allocator's peak on a GPU; elsewhere the
+    bytes autograd saved for backward (``SavedTensorTracker``), parameters excluded.
+
+    Example::
+
+        with PeakMemory(device, learner.parameters()) as memory:
+            train_one_epoch()
+        memory.peak_bytes
+    """
+
+    def __init__(self, device: torch.device, parameters: Iterable[torch.Tensor] = ()):
+        self.device = torch.device(device)
+        self.tracker = None if self.device.type == "cuda" else SavedTensorTracker(parameters)
+        self.peak_bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.tracker is None:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tracker is None:
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.tracker.__exit__(*exc)
+            self.peak_bytes = self.tracker.peak_bytes

@@ -12,7 +12,6 @@ The same loop runs one process or, under torchrun, one pipeline stage per rank
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -21,6 +20,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,19 @@ from contsup.checkpoint import (
     POINTER,
     CheckpointError,
     checkpoint_entries,
+    convert_legacy,
     load_checkpoint,
     load_tensors,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
-from contsup.data import DEFAULT_DATA_DIR, Batches, load_dataset, steps_per_epoch
+from contsup.data import DEFAULT_DATA_DIR, Batches, DatasetInfo, load_dataset, steps_per_epoch
 from contsup.distributed import Pipeline, init_mesh, launched, pipeline
 from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
+from contsup.memory import PeakMemory
+from contsup.tensorboard import log_epoch, open_writer
 from partitioner import PartitionError
 from partitioner.plan import read_plan
 
@@ -84,6 +89,7 @@ class TrainConfig:
     out: str | None = None
     pipeline: int = 1
     pipeline_balance: str = "time"
+    tensorboard: bool | None = None  # None: when the tensorboard package is installed
 
     # Changing these between a checkpoint and its resume would make a different run.
     IDENTITY = (
@@ -140,7 +146,7 @@ def paper_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 10) -> flo
     return cosine
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """The device a run (or, under torchrun, this rank) uses: ``auto`` takes CUDA if any."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,39 +156,14 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _encode(tensor: torch.Tensor) -> str:
-    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode()
-
-
-def _decode(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text, validate=True)), dtype=torch.uint8)
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    """Random state as JSON: torch's, Python's and the data order's (and CUDA's)."""
-    version, numbers, gauss = random.getstate()
-    state = {
-        "torch": _encode(torch.get_rng_state()),
-        "python": [version, list(numbers), gauss],
-        "data": _encode(generator.get_state()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(_decode(state["torch"]))
-    version, numbers, gauss = state["python"]
-    random.setstate((version, tuple(numbers), gauss))
-    generator.set_state(_decode(state["data"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_decode(s) for s in state["cuda"]])
-
-
 def _write_metrics(out: Path, metrics: list[dict]) -> None:
     write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-    lists = {"segment_losses": "loss_segment", "head_accuracies": "head_accuracy"}
+    lists = {
+        "segment_losses": "loss_segment",
+        "head_train_accuracies": "head_train_accuracy",
+        "head_accuracies": "head_accuracy",
+        "head_test_losses": "head_test_loss",
+    }
     first = metrics[0] if metrics else {}
     columns = [k for k in first if k not in lists]
     expanded = [(key, len(first[key])) for key in lists if key in first]
@@ -228,7 +209,7 @@ def plan_cuts(path: str | Path, model: str, image_size: tuple[int, ...]) -> list
 def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     """The data (on its device) and the wrapped model (on the CPU, until a ``Pipeline``
     moves each rank's share) that a config describes."""
-    device = _device(config.device)
+    device = resolve_device(config.device)
     data = load_dataset(
         config.dataset,
         batch_size=config.batch_size,
@@ -237,16 +218,38 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
         download=config.download,
         workers=config.workers,
     )
-    # timm's convention: in_chans follows the data unless model_kwargs sets it.
-    kwargs = {"in_chans": data.info.image_size[0], **config.model_kwargs}
     data.take(config.train_images, config.test_images)
-    model = timm.create_model(config.model, num_classes=data.info.num_classes, **kwargs)
-    example = torch.zeros(2, *data.info.image_size)
-    cuts = config.cuts
-    if config.plan is not None:
-        if cuts is not None:
-            raise ValueError("give cuts or a plan, not both")
-        cuts = plan_cuts(config.plan, config.model, tuple(data.info.image_size))
+    learner = build_learner(config, data.info)
+    if config.channels_last:
+        learner.to(memory_format=torch.channels_last)
+    if config.compile:
+        for module in [*learner.segments, *learner.heads, *learner.bridges, *learner.decoders]:
+            module.compile()
+    return learner, data, device
+
+
+def build_learner(
+    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None = None
+) -> LocalLearner:
+    """The wrapped model ``config`` describes for data like ``info``, on the CPU.
+
+    Example::
+
+        learner = build_learner(TrainConfig(model="resnet20", k=4), parse_dataset("digits")[0])
+
+    ``cuts`` (the nodes a run cut after, as its checkpoint records them) replace
+    the config's K, cuts and plan: the same segments without re-balancing.
+    """
+    # timm's convention: in_chans follows the data unless model_kwargs sets it.
+    kwargs = {"in_chans": info.image_size[0], **config.model_kwargs}
+    model = timm.create_model(config.model, num_classes=info.num_classes, **kwargs)
+    example = torch.zeros(2, *info.image_size)
+    if cuts is None:
+        cuts = config.cuts
+        if config.plan is not None:
+            if cuts is not None:
+                raise ValueError("give cuts or a plan, not both")
+            cuts = plan_cuts(config.plan, config.model, tuple(info.image_size))
     learner = wrap(
         model,
         None if cuts is not None else config.k,  # with cuts, K follows from them
@@ -259,14 +262,14 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
         objective=config.objective,
         example_input=example,
     )
-    learner.mean.copy_(data.mean.view_as(learner.mean))
-    learner.std.copy_(data.std.view_as(learner.std))
-    if config.channels_last:
-        learner.to(memory_format=torch.channels_last)
-    if config.compile:
-        for module in [*learner.segments, *learner.heads, *learner.bridges, *learner.decoders]:
-            module.compile()
-    return learner, data, device
+    learner.mean.copy_(torch.tensor(info.mean).view_as(learner.mean))
+    learner.std.copy_(torch.tensor(info.std).view_as(learner.std))
+    return learner
+
+
+def cut_nodes(learner: LocalLearner) -> list[str]:
+    """The graph nodes ``learner`` is cut after, as ``wrap(cuts=...)`` takes them."""
+    return [b.tensors[0].node for b in learner.partition.boundaries]
 
 
 def train(
@@ -291,7 +294,7 @@ def train(
     checkpoint that is corrupt or from another run, ``DistributedError`` on a
     pipeline that cannot be laid out, ``RankLost`` when another rank dies.
     """
-    mesh = init_mesh(config.pipeline, str(_device(config.device)))
+    mesh = init_mesh(config.pipeline, str(resolve_device(config.device)))
     try:
         return _train(config, mesh, resume, on_step, on_epoch)
     finally:
@@ -324,70 +327,91 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
     metrics: list[dict] = []
     start_epoch = 1
     if resume and committed:
+        if not (out / POINTER).exists():
+            if mesh is not None:
+                raise CheckpointError(
+                    f"{out / LEGACY} is from contsup < 0.2; convert it first in one process "
+                    f"(`contsup eval {out}` does), then resume here"
+                )
+            convert_legacy(out, [name for name, _ in pipe.named_parameters()])
         state = load_checkpoint(out)
         _check_same_run(state, config, out / POINTER)
         _load_state(out, state, pipe, optimizer)
-        try:
-            _set_rng_state(state["rng"], generator)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{out / POINTER} has a broken random state") from error
+        set_rng_state(state.get("rng"), generator)
         metrics = state["metrics"]
         start_epoch = state["epoch"] + 1
         if main:
             _write_metrics(out, metrics)  # drop anything written after the checkpoint
     autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
     steps = steps_per_epoch(data)
-    learner.train()
-    for epoch in range(start_epoch, config.epochs + 1):
-        lr = paper_lr(epoch, config.epochs, config.lr, config.warmup_epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        started = time.perf_counter()
-        totals = torch.zeros(learner.k, dtype=torch.float64)
-        seen = 0
-        for step, (x, y, raw) in enumerate(data.train(generator), start=1):
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            result = pipe.local_backward(x, y, raw=raw, autocast=autocast)
-            for unit, value in zip(result.units, result.losses):
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"the loss of segment {unit} became {value} at epoch {epoch}, step "
-                        f"{step}; lower --lr or check the data"
-                    )
-            optimizer.step()
-            losses = torch.tensor(result.losses, dtype=torch.float64)
-            totals[result.units.start : result.units.stop] += losses * result.size
-            seen += len(y)
-            if on_step is not None and main:
-                on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
-        pipe.flush()
-        train_seconds = time.perf_counter() - started
-        segment_losses = (pipe.all_reduce(totals) / seen).tolist()
-        test_accuracy, head_accuracies = pipe.evaluate(data.test(), autocast)
-        record = {
-            "epoch": epoch,
-            "train_loss": segment_losses[-1],
-            "segment_losses": segment_losses,
-            "test_accuracy": test_accuracy,
-            "head_accuracies": head_accuracies,
-            "lr": lr,
-            "seconds": time.perf_counter() - started,
-            "images_per_s": seen / train_seconds,
-        }
-        metrics.append(record)
-        state = {
-            "config": asdict(config),
-            "epoch": epoch,
-            "rng": _rng_state(generator),
-            "metrics": metrics,
-        }
-        save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state)
-        if main:
-            _write_metrics(out, metrics)
-            if on_epoch is not None:
-                on_epoch(record)
+    writer = open_writer(out, config.tensorboard) if main else None
+    with closing(writer) if writer is not None else nullcontext():
+        learner.train()
+        for epoch in range(start_epoch, config.epochs + 1):
+            lr = paper_lr(epoch, config.epochs, config.lr, config.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            started = time.perf_counter()
+            k = learner.k
+            totals = torch.zeros(2 * k, dtype=torch.float64)  # loss sums, then correct counts
+            seen = 0
+            with PeakMemory(device, pipe.parameters()) as memory:
+                for step, (x, y, raw) in enumerate(data.train(generator), start=1):
+                    if config.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    optimizer.zero_grad(set_to_none=True)
+                    result = pipe.local_backward(x, y, raw=raw, autocast=autocast)
+                    for unit, value in zip(result.units, result.losses):
+                        if not math.isfinite(value):
+                            raise TrainingDiverged(
+                                f"the loss of segment {unit} became {value} at epoch {epoch}, step "
+                                f"{step}; lower --lr or check the data"
+                            )
+                    optimizer.step()
+                    units = result.units
+                    losses = torch.tensor(result.losses, dtype=torch.float64)
+                    totals[units.start : units.stop] += losses * result.size
+                    totals[k + units.start : k + units.stop] += torch.tensor(result.correct)
+                    seen += len(y)
+                    if on_step is not None and main:
+                        on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
+                pipe.flush()
+            train_seconds = time.perf_counter() - started
+            means = (pipe.all_reduce(totals) / seen).tolist()
+            peak = pipe.all_reduce(torch.tensor([memory.peak_bytes]), op="max").item()
+            test = pipe.evaluate(data.test(), autocast)
+            heads = len(test.head_accuracies)
+            record = {
+                "epoch": epoch,
+                "train_loss": means[k - 1],
+                "segment_losses": means[:k],
+                "train_accuracy": means[2 * k - 1],
+                "head_train_accuracies": means[k : k + heads],
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
+                "head_accuracies": test.head_accuracies,
+                "head_test_losses": test.head_losses,
+                "lr": lr,
+                "seconds": time.perf_counter() - started,
+                "images_per_s": seen / train_seconds,
+                "peak_memory_bytes": peak,
+            }
+            metrics.append(record)
+            state = {
+                "config": asdict(config),
+                "epoch": epoch,
+                "rng": rng_state(generator),
+                "metrics": metrics,
+                "cuts": cut_nodes(learner),
+                "data": _data_record(data.info),
+            }
+            save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state)
+            if main:
+                _write_metrics(out, metrics)
+                if writer is not None:
+                    log_epoch(writer, record)
+                if on_epoch is not None:
+                    on_epoch(record)
     last = metrics[-1] if metrics else {"test_accuracy": None}
     return {**last, "epochs": config.epochs, "out_dir": str(out)}
 
@@ -424,6 +448,17 @@ def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.O
     load_tensors(out, state, wanted)
     groups = optimizer.state_dict()["param_groups"]
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+def _data_record(info: DatasetInfo) -> dict:
+    """What a checkpoint keeps of its data to rebuild the model without it."""
+    return {
+        "name": info.name,
+        "num_classes": info.num_classes,
+        "image_size": list(info.image_size),
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
 
 
 def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:

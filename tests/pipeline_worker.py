@@ -93,7 +93,7 @@ def check(mesh, context: str, exact: bool) -> dict:
     pipe = pipeline(learner, mesh)
     losses = train_losses(pipe.local_backward, pipe.parameters(), train)
     pipe.flush()
-    accuracy, _ = pipe.evaluate(test)
+    accuracy = pipe.evaluate(test).accuracy
 
     mine = pipe.state_dict()
     theirs = {n: t for n, t in twin.state_dict().items() if n in mine}

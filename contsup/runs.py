@@ -1,0 +1,263 @@
+"""Saved runs, opened again: evaluate them, export their inference model, load it back.
+
+A run directory (``contsup train --out``) holds ``checkpoint.json`` and the
+checkpoint's tensors (``contsup.checkpoint``). ``open_run`` rebuilds the learner
+it trained, at the cuts it trained with, and loads its weights. ``export_run``
+writes the inference model (segments and bridges; no heads) as safetensors,
+ONNX or a ``torch.export`` program; ``load`` rebuilds a model from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contsup.checkpoint import (
+    LEGACY,
+    POINTER,
+    CheckpointError,
+    convert_legacy,
+    load_checkpoint,
+    load_tensors,
+    read_legacy,
+)
+from contsup.data import DatasetInfo, parse_dataset
+from contsup.errors import ContsupError
+from contsup.learner import ContextNetwork, LocalLearner
+from contsup.trainer import TrainConfig, build_learner, cut_nodes
+
+__all__ = ["EXPORT_FORMATS", "ExportError", "Run", "export_run", "load", "open_run"]
+
+EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
+SAFETENSORS_VERSION = 1
+
+
+class ExportError(ContsupError):
+    """An export that cannot be written, or a file that cannot be loaded back."""
+
+
+@dataclass
+class Run:
+    """A run directory opened: its config, its checkpoint state, the learner with its weights."""
+
+    path: Path
+    config: TrainConfig
+    state: dict
+    learner: LocalLearner
+    info: DatasetInfo
+
+
+def _config(saved: dict, path: Path) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except TypeError as error:
+        raise CheckpointError(f"{path} holds a config this contsup cannot read") from error
+
+
+def _info(state: dict, config: TrainConfig) -> DatasetInfo:
+    """The data's shape and normalisation, from the checkpoint (or, for older ones, the name)."""
+    data = state.get("data")
+    if data is None:
+        return parse_dataset(config.dataset)[0]
+    base = (
+        parse_dataset(config.dataset)[0] if not config.dataset.startswith("imagefolder:") else None
+    )
+    return DatasetInfo(
+        data["name"],
+        int(data["num_classes"]),
+        tuple(data["image_size"]),
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        base.pad if base else 0,
+        base.flip if base else True,
+    )
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """The learner a run trained, with its last checkpoint's weights, on the CPU.
+
+    Example::
+
+        run = open_run("runs/resnet20-k4-E-digits")
+        run.learner.eval()(x), run.state["epoch"], run.state["metrics"][-1]
+
+    A checkpoint of contsup < 0.2 (``checkpoint.pt``) is converted first (read
+    with ``weights_only=True``). Raises ``CheckpointError`` when there is no
+    checkpoint, or it is corrupt.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a run directory")
+    legacy = not (path / POINTER).exists() and (path / LEGACY).exists()
+    if legacy:  # the old config says how to build the learner whose names convert it
+        config = _config(read_legacy(path / LEGACY)["config"], path / LEGACY)
+        learner = build_learner(config, parse_dataset(config.dataset)[0])
+        convert_legacy(path, [name for name, _ in learner.named_parameters()])
+    state = load_checkpoint(path)
+    config = _config(state.get("config") or {}, path / POINTER)
+    info = _info(state, config)
+    learner = build_learner(config, info, cuts=state.get("cuts"))
+    tensors = {f"learner.{name}": t for name, t in learner.state_dict().items()}
+    load_tensors(path, state, tensors)
+    return Run(path, config, state, learner, info)
+
+
+def _write_new(out: Path, force: bool, write) -> None:
+    """``write(tmp_path)``, then move it to ``out``: all or nothing, never over a file
+    without ``force``."""
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the suffix: torch.export.save checks it.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it
+    try:
+        write(Path(tmp))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _recipe(run: Run) -> dict:
+    """What ``load`` needs to rebuild the inference model: no data, no plan file."""
+    config = run.config
+    return {
+        "format": SAFETENSORS_VERSION,
+        "model": config.model,
+        "model_kwargs": config.model_kwargs,
+        "cuts": cut_nodes(run.learner),
+        "context": config.context,
+        "aux": config.aux,
+        "head": config.head,
+        "local_loss": config.local_loss,
+        "decoder": config.decoder,
+        "data": {
+            "name": run.info.name,
+            "num_classes": run.info.num_classes,
+            "image_size": list(run.info.image_size),
+            "mean": list(run.info.mean),
+            "std": list(run.info.std),
+        },
+    }
+
+
+def export_run(run: Run, fmt: str, out: str | Path, *, force: bool = False) -> Path:
+    """Write ``run``'s inference model (segments and bridges) to ``out`` as ``fmt``.
+
+    Example::
+
+        export_run(open_run("runs/x"), "safetensors", "model.safetensors")
+        net = contsup.load("model.safetensors")
+
+    Formats: ``safetensors`` (the state dict, plus what ``load`` needs to rebuild
+    the model), ``onnx`` (``torch.onnx.export``'s dynamo exporter, batch size
+    dynamic; needs ``pip install 'contsup[onnx]'``) and ``pt2`` (``torch.export``).
+    Inputs are normalised images, as in training.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    net = run.learner.export().eval()
+    example = torch.zeros(2, *run.info.image_size)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        tensors = {name: t.contiguous() for name, t in net.state_dict().items()}
+        metadata = {"contsup": json.dumps(_recipe(run))}
+        _write_new(out, force, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    elif fmt == "pt2":
+        program = _exported_program(net, example)
+        _write_new(out, force, lambda tmp: torch.export.save(program, str(tmp)))
+    else:
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "--format onnx needs the onnx and onnxscript packages: pip install 'contsup[onnx]'"
+            ) from None
+
+        def write_onnx(tmp: Path) -> None:
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(
+                net,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+            )
+
+        _write_new(out, force, write_onnx)
+    return out
+
+
+def _exported_program(net: nn.Module, example: torch.Tensor):
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+
+
+def load(path: str | Path) -> ContextNetwork:
+    """The inference model in a safetensors file that ``contsup export`` wrote, in eval mode.
+
+    Example::
+
+        net = contsup.load("model.safetensors")
+        logits = net(x)     # x normalised like the training data
+
+    Nothing in the file is executed: safetensors holds tensors and a JSON header.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            recipe = json.loads((file.metadata() or {})["contsup"])
+        tensors = load_file(str(path))
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+        raise ExportError(f"{path} is not a model that `contsup export` wrote") from error
+    except Exception as error:  # safetensors' own errors for a corrupt file
+        raise ExportError(f"cannot read {path}: {error}") from error
+    if recipe.get("format") != SAFETENSORS_VERSION:
+        raise ExportError(f"{path} has export format {recipe.get('format')}, not 1")
+    data = recipe["data"]
+    config = TrainConfig(
+        model=recipe["model"],
+        model_kwargs=recipe["model_kwargs"],
+        context=recipe["context"],
+        aux=recipe["aux"],
+        head=recipe["head"],
+        local_loss=recipe["local_loss"],
+        decoder=recipe["decoder"],
+    )
+    info = DatasetInfo(
+        data["name"],
+        data["num_classes"],
+        tuple(data["image_size"]),
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        0,
+        False,
+    )
+    net = build_learner(config, info, cuts=recipe["cuts"]).export()
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ExportError(f"{path} does not fit the model it names: {error}") from error
+    return net.eval()
