@@ -322,8 +322,15 @@ def train(
     pipeline_balance: Annotated[
         str | None, typer.Option(help="what stages balance: time (measured) | cost")
     ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="TensorBoard event files in --out (default: when tensorboard is installed)",
+        ),
+    ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue from out/checkpoint.pt")
+        bool, typer.Option("--resume", help="continue from the checkpoint in --out")
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="last stdout line is one JSON object")

@@ -52,19 +52,26 @@ def test_learns_digits(tmp_path):
         "epoch",
         "train_loss",
         "segment_losses",
+        "train_accuracy",
+        "head_train_accuracies",
         "test_accuracy",
+        "test_loss",
         "head_accuracies",
+        "head_test_losses",
         "lr",
         "seconds",
         "images_per_s",
+        "peak_memory_bytes",
     }
+    assert records[-1]["train_accuracy"] > 0.8 and records[-1]["head_train_accuracies"][0] > 0.3
     assert len(records[0]["segment_losses"]) == 4
     # Each local head scores its boundary on the test split; the first learns something.
     heads = records[-1]["head_accuracies"]
     assert len(heads) == 3 and all(0 <= a <= 1 for a in heads) and heads[0] > 0.3
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("epoch,train_loss,test_accuracy,lr") and "loss_segment_3" in header
-    assert header.endswith("head_accuracy_2")
+    assert header.startswith("epoch,train_loss,train_accuracy,test_accuracy,test_loss,lr")
+    assert "loss_segment_3" in header and "head_train_accuracy_2" in header
+    assert header.endswith("head_test_loss_2")
 
 
 def test_a_fixed_subset_of_the_data(tmp_path):
@@ -195,7 +202,7 @@ def test_pickles_in_checkpoints_never_run(tmp_path):
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "checkpoint.pt").write_bytes(pickle.dumps({"version": 1, "x": RunsCode(marker)}))
-    with pytest.raises(CheckpointError, match="a pickle that is not loaded"):
+    with pytest.raises(CheckpointError, match="unpickling it could run code"):
         train(TrainConfig(**FAST, epochs=1, out=str(legacy)), resume=True)
     # DCP's .metadata is a pickle too: read with an allow-list of DCP's own types.
     run = tmp_path / "run"

@@ -1,0 +1,247 @@
+"""Saved runs: per-segment metrics, TensorBoard, eval, export, plot, safe loading."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import contsup
+from contsup.checkpoint import _decode, checkpoint_entries, load_checkpoint, load_tensors
+from contsup.cli import app
+from contsup.data import parse_dataset
+from contsup.runs import ExportError, open_run
+from contsup.trainer import TrainConfig, build_learner, train
+
+runner = CliRunner()
+
+CONFIG = TrainConfig(
+    model="resnet20",
+    k=3,
+    context="R1E",
+    dataset="digits",
+    train_images=200,
+    test_images=100,
+    batch_size=64,
+    epochs=2,
+    lr=0.1,
+    warmup_epochs=0,
+    device="cpu",
+)
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    drop = ("seconds", "images_per_s", "peak_memory_bytes")
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(replace(CONFIG, out=str(out), tensorboard=True))
+    return out
+
+
+def test_metrics_have_every_segment_train_and_test(trained):
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    last = records[-1]
+    assert len(last["segment_losses"]) == 3
+    for name in ("head_train_accuracies", "head_accuracies", "head_test_losses"):
+        assert len(last[name]) == 2, name
+    for name in ("train_accuracy", "test_accuracy", *last["head_train_accuracies"]):
+        value = last[name] if isinstance(name, str) else name
+        assert 0 <= value <= 1
+    assert last["test_loss"] > 0 and all(v > 0 for v in last["head_test_losses"])
+    assert last["peak_memory_bytes"] > 0  # bytes saved for backward, on the CPU
+    header = (trained / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"head_train_accuracy_1", "head_test_loss_1", "peak_memory_bytes"} <= set(header)
+
+
+def test_tensorboard_events_hold_the_metrics(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for split in ("train", "test"):
+        for what in ("loss", "accuracy"):
+            assert {f"{split}/{what}/segment_{i}" for i in range(3)} <= tags
+    assert {"lr", "images_per_s", "epoch_seconds", "peak_memory_bytes"} <= tags
+    last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    logged = events.Scalars("test/accuracy/segment_0")
+    assert [e.step for e in logged] == [1, 2]
+    assert logged[-1].value == pytest.approx(last["head_accuracies"][0])
+    assert events.Scalars("test/accuracy/segment_2")[-1].value == pytest.approx(
+        last["test_accuracy"]
+    )
+
+
+def test_eval_reproduces_the_last_epoch(trained):
+    result = run("eval", trained, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["epoch"] == 2 and report["test_images"] == 100
+    assert report["test_accuracy"] == last["test_accuracy"]
+    assert report["head_accuracies"] == last["head_accuracies"]
+    other = run("eval", trained, "--dataset", "synthetic:3x16x16", "--device", "cpu")
+    assert other.exit_code == 2 and "the run was trained on 10 of (3, 32, 32)" in other.output
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt2", "onnx"])
+def test_export_gives_the_same_logits(trained, tmp_path, fmt):
+    out = tmp_path / f"model.{fmt}"
+    result = run("export", trained, "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the export's example
+    expected = open_run(trained).learner.eval()(x)
+    if fmt == "safetensors":
+        net = contsup.load(out)
+        assert not any(name.startswith("heads") for name in net.state_dict())
+        assert torch.equal(net(x), expected)
+    elif fmt == "pt2":
+        assert torch.allclose(torch.export.load(str(out)).module()(x), expected, atol=1e-5)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out))
+        (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+
+
+def test_export_errors_are_one_sentence(trained, tmp_path):
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep")
+    result = run("export", trained, "--out", taken)
+    assert result.exit_code == 2 and "exists; pass --force" in result.output
+    assert taken.read_bytes() == b"keep"
+    assert run("export", trained, "--out", taken, "--force").exit_code == 0
+    assert contsup.load(taken) is not None
+    unknown = run("export", trained, "--format", "tflite")
+    assert unknown.exit_code == 2 and "unknown format 'tflite'" in unknown.output
+    empty = run("export", tmp_path, "--out", tmp_path / "m.safetensors")
+    assert empty.exit_code == 2 and f"no checkpoint in {tmp_path}" in empty.output
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ExportError):
+        contsup.load(corrupt)
+    for result in (unknown, empty):
+        assert "Traceback" not in result.output
+
+
+def test_missing_extras_name_what_to_install(trained, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed
+    result = run("export", trained, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert result.exit_code == 2 and "pip install 'contsup[onnx]'" in result.output
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    with pytest.raises(Exception, match=r"pip install 'contsup\[tb\]'"):
+        train(replace(CONFIG, out=str(tmp_path / "tb"), epochs=1, tensorboard=True))
+    assert not (tmp_path / "tb" / "checkpoint.json").exists()
+    train(replace(CONFIG, out=str(tmp_path / "auto"), epochs=1))  # auto: no TensorBoard
+    assert not list((tmp_path / "auto").glob("events.out.tfevents.*"))
+
+
+def test_plot_draws_a_run(trained, tmp_path):
+    result = run("plot", trained, "--out", tmp_path / "acc.png")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = run("plot", tmp_path)
+    assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+class RunsCode:
+    """Unpickling this would create the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_crafted_checkpoints_are_refused_and_never_run(trained, tmp_path):
+    marker = tmp_path / "pwned"
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    payload = {"version": 1, "config": asdict(CONFIG), "x": RunsCode(marker)}
+    (legacy / "checkpoint.pt").write_bytes(pickle.dumps(payload))
+    result = run("eval", legacy)
+    assert result.exit_code == 2 and "could run code" in result.output
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    folder = copy / load_checkpoint(copy)["tensors"]
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    for args in (["eval", copy], ["export", copy, "--out", tmp_path / "m.safetensors"]):
+        result = run(*args)
+        assert result.exit_code == 2 and "is not part of a DCP checkpoint" in result.output
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_contsup_0_1_is_converted_and_resumes(tmp_path):
+    """Write what contsup 0.1 wrote after epoch 1 (one torch.save pickle of tensors,
+    numbers and lists), resume from it, and end where an uninterrupted run ends."""
+    whole = train(replace(CONFIG, out=str(tmp_path / "whole")))
+    stopped = replace(CONFIG, out=str(tmp_path / "old"))
+
+    def stop(metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, on_epoch=stop)
+    out = Path(stopped.out)
+    state = load_checkpoint(out)
+    tensors = {
+        name: torch.empty(tuple(e.size), dtype=e.properties.dtype)
+        for name, e in checkpoint_entries(out, state).items()
+    }
+    load_tensors(out, state, tensors)
+    learner = build_learner(CONFIG, parse_dataset("digits")[0])
+    names = [name for name, _ in learner.named_parameters()]
+    rng = state["rng"]
+    version, numbers, gauss = rng["python"]
+    old = {
+        "version": 1,
+        "config": state["config"],
+        "epoch": state["epoch"],
+        "learner": {n[8:]: t for n, t in tensors.items() if n.startswith("learner.")},
+        "optimizer": {
+            "state": {
+                i: {"momentum_buffer": tensors[f"optimizer.{n}.momentum_buffer"]}
+                for i, n in enumerate(names)
+            },
+            "param_groups": [{"lr": 0.1, "params": list(range(len(names)))}],
+        },
+        "rng": {
+            "torch": _decode(rng["torch"]),
+            "python": (version, tuple(numbers), gauss),
+            "data": _decode(rng["data"]),
+        },
+        "metrics": state["metrics"],
+    }
+    for path in out.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    torch.save(old, out / "checkpoint.pt")
+    random.seed(1)  # the checkpoint's random state, not this, decides what comes next
+    resumed = train(stopped, resume=True)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    assert without_timing(records) == without_timing([json.loads(line) for line in expected])
+    assert (out / "checkpoint.pt").exists()  # kept; the run now has a checkpoint.json too
