@@ -69,6 +69,43 @@ class DatasetInfo:
     flip: bool
 
 
+def info_record(info: DatasetInfo) -> dict:
+    """What a checkpoint or an exported model keeps of its data, as JSON: enough to
+    rebuild the model (shape, classes, normalisation) without the data.
+
+    Example::
+
+        >>> info_record(DATASETS["digits"])["image_size"]
+        [3, 32, 32]
+    """
+    return {
+        "name": info.name,
+        "num_classes": info.num_classes,
+        "image_size": list(info.image_size),
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
+
+
+def info_from_record(record: dict) -> DatasetInfo:
+    """The ``DatasetInfo`` an ``info_record`` describes (no training augmentation).
+
+    Example::
+
+        >>> info_from_record(info_record(DATASETS["digits"])).image_size
+        (3, 32, 32)
+    """
+    return DatasetInfo(
+        str(record["name"]),
+        int(record["num_classes"]),
+        tuple(int(v) for v in record["image_size"]),
+        tuple(float(v) for v in record["mean"]),
+        tuple(float(v) for v in record["std"]),
+        0,
+        False,
+    )
+
+
 DATASETS = {
     "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, 4, True),
     "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, 4, True),

@@ -27,7 +27,7 @@ from contsup.checkpoint import (
     load_tensors,
     read_legacy,
 )
-from contsup.data import DatasetInfo, parse_dataset
+from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
 from contsup.learner import ContextNetwork, LocalLearner
 from contsup.trainer import TrainConfig, build_learner, cut_nodes
@@ -36,6 +36,8 @@ __all__ = ["EXPORT_FORMATS", "ExportError", "Run", "export_run", "load", "open_r
 
 EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
 SAFETENSORS_VERSION = 1
+# The config fields that shape the inference model (with the cuts and the data's shape).
+REBUILD = ("model", "model_kwargs", "context", "aux", "head", "local_loss", "decoder")
 
 
 class ExportError(ContsupError):
@@ -63,21 +65,12 @@ def _config(saved: dict, path: Path) -> TrainConfig:
 
 def _info(state: dict, config: TrainConfig) -> DatasetInfo:
     """The data's shape and normalisation, from the checkpoint (or, for older ones, the name)."""
-    data = state.get("data")
-    if data is None:
+    if "data" not in state:  # written before checkpoints recorded it
         return parse_dataset(config.dataset)[0]
-    base = (
-        parse_dataset(config.dataset)[0] if not config.dataset.startswith("imagefolder:") else None
-    )
-    return DatasetInfo(
-        data["name"],
-        int(data["num_classes"]),
-        tuple(data["image_size"]),
-        tuple(data["mean"]),
-        tuple(data["std"]),
-        base.pad if base else 0,
-        base.flip if base else True,
-    )
+    try:
+        return info_from_record(state["data"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError("the checkpoint's data record is malformed") from error
 
 
 def open_run(run_dir: str | Path) -> Run:
@@ -135,24 +128,11 @@ def _umask() -> int:
 
 def _recipe(run: Run) -> dict:
     """What ``load`` needs to rebuild the inference model: no data, no plan file."""
-    config = run.config
     return {
         "format": SAFETENSORS_VERSION,
-        "model": config.model,
-        "model_kwargs": config.model_kwargs,
+        **{name: getattr(run.config, name) for name in REBUILD},
         "cuts": cut_nodes(run.learner),
-        "context": config.context,
-        "aux": config.aux,
-        "head": config.head,
-        "local_loss": config.local_loss,
-        "decoder": config.decoder,
-        "data": {
-            "name": run.info.name,
-            "num_classes": run.info.num_classes,
-            "image_size": list(run.info.image_size),
-            "mean": list(run.info.mean),
-            "std": list(run.info.std),
-        },
+        "data": info_record(run.info),
     }
 
 
@@ -230,32 +210,19 @@ def load(path: str | Path) -> ContextNetwork:
         with safe_open(str(path), framework="pt") as file:
             recipe = json.loads((file.metadata() or {})["contsup"])
         tensors = load_file(str(path))
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
+    except (OSError, KeyError, ValueError) as error:
         raise ExportError(f"{path} is not a model that `contsup export` wrote") from error
     except Exception as error:  # safetensors' own errors for a corrupt file
         raise ExportError(f"cannot read {path}: {error}") from error
-    if recipe.get("format") != SAFETENSORS_VERSION:
-        raise ExportError(f"{path} has export format {recipe.get('format')}, not 1")
-    data = recipe["data"]
-    config = TrainConfig(
-        model=recipe["model"],
-        model_kwargs=recipe["model_kwargs"],
-        context=recipe["context"],
-        aux=recipe["aux"],
-        head=recipe["head"],
-        local_loss=recipe["local_loss"],
-        decoder=recipe["decoder"],
-    )
-    info = DatasetInfo(
-        data["name"],
-        data["num_classes"],
-        tuple(data["image_size"]),
-        tuple(data["mean"]),
-        tuple(data["std"]),
-        0,
-        False,
-    )
-    net = build_learner(config, info, cuts=recipe["cuts"]).export()
+    if not isinstance(recipe, dict) or recipe.get("format") != SAFETENSORS_VERSION:
+        raise ExportError(f"{path} is not in export format {SAFETENSORS_VERSION}")
+    try:
+        config = TrainConfig(**{name: recipe[name] for name in REBUILD})
+        info = info_from_record(recipe["data"])
+        cuts = [str(node) for node in recipe["cuts"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{path} does not say which model it holds") from error
+    net = build_learner(config, info, cuts=cuts).export()
     try:
         net.load_state_dict(tensors)
     except RuntimeError as error:

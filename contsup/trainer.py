@@ -41,7 +41,14 @@ from contsup.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from contsup.data import DEFAULT_DATA_DIR, Batches, DatasetInfo, load_dataset, steps_per_epoch
+from contsup.data import (
+    DEFAULT_DATA_DIR,
+    Batches,
+    DatasetInfo,
+    info_record,
+    load_dataset,
+    steps_per_epoch,
+)
 from contsup.distributed import Pipeline, init_mesh, launched, pipeline
 from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
@@ -403,7 +410,7 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
                 "rng": rng_state(generator),
                 "metrics": metrics,
                 "cuts": cut_nodes(learner),
-                "data": _data_record(data.info),
+                "data": info_record(data.info),
             }
             save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state)
             if main:
@@ -448,17 +455,6 @@ def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.O
     load_tensors(out, state, wanted)
     groups = optimizer.state_dict()["param_groups"]
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
-
-
-def _data_record(info: DatasetInfo) -> dict:
-    """What a checkpoint keeps of its data to rebuild the model without it."""
-    return {
-        "name": info.name,
-        "num_classes": info.num_classes,
-        "image_size": list(info.image_size),
-        "mean": list(info.mean),
-        "std": list(info.std),
-    }
 
 
 def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
