@@ -45,6 +45,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "tensors_dir",
 ]
 
 CHECKPOINT_VERSION = 2
@@ -74,19 +75,37 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def save_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+def tensors_dir(epoch: int) -> str:
+    """The name of the directory that holds epoch ``epoch``'s tensors.
+
+    Example::
+
+        >>> tensors_dir(3)
+        'checkpoint-e0003'
+    """
+    return f"checkpoint-e{epoch:04d}"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    tensors: dict[str, torch.Tensor],
+    state: dict,
+    keep: tuple[str, ...] = (),
+) -> None:
     """Write ``tensors`` with DCP, then commit ``state`` (JSON) as the run's checkpoint.
 
     Example::
 
         save_checkpoint("runs/x", {"learner.heads.0.weight": w}, {"epoch": 3, "metrics": []})
 
-    Collective when ``torch.distributed`` is initialised: every rank passes the
-    tensors it holds (replicas may repeat a name; one copy is written). The run
-    directory must be visible to all ranks (one machine, or a shared filesystem).
+    Then it deletes earlier epochs' tensors, except the directories in ``keep``
+    (the trainer keeps its best epoch's). Collective when ``torch.distributed``
+    is initialised: every rank passes the tensors it holds (replicas may repeat a
+    name; one copy is written). The run directory must be visible to all ranks
+    (one machine, or a shared filesystem).
     """
     run_dir = Path(run_dir)
-    name = f"checkpoint-e{state['epoch']:04d}"
+    name = tensors_dir(state["epoch"])
     coordinator = not _distributed() or torch.distributed.get_rank() == 0
     if coordinator:  # left over from a save that crashed before its commit
         shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -97,12 +116,12 @@ def save_checkpoint(run_dir: str | Path, tensors: dict[str, torch.Tensor], state
         payload = {"version": CHECKPOINT_VERSION, "tensors": name, **state}
         write_text_atomic(run_dir / POINTER, json.dumps(payload))
         for old in run_dir.glob("checkpoint-e*"):
-            if old.name != name:
+            if old.name != name and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
     _barrier()
 
 
-def load_checkpoint(run_dir: str | Path) -> dict:
+def load_checkpoint(run_dir: str | Path, *, best: bool = False) -> dict:
     """The committed state (``checkpoint.json``) of the run in ``run_dir``.
 
     Example::
@@ -110,8 +129,10 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         state = load_checkpoint("runs/x")
         state["epoch"], state["metrics"][-1]
 
-    Raises ``CheckpointError`` when there is none, it is unreadable, or it is an
-    older contsup's pickle (never unpickled: a pickle can run code).
+    With ``best``, ``epoch`` and ``tensors`` are the best epoch's (highest test
+    accuracy) instead of the last's. Raises ``CheckpointError`` when there is
+    none, it is unreadable, or it is an older contsup's pickle (never unpickled:
+    a pickle can run code).
     """
     run_dir = Path(run_dir)
     path = run_dir / POINTER
@@ -128,6 +149,11 @@ def load_checkpoint(run_dir: str | Path) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}") from error
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is not a contsup checkpoint")
+    if best:
+        chosen = state.get("best")
+        if not isinstance(chosen, dict):
+            raise CheckpointError(f"{path} keeps no best epoch (it was written by contsup < 0.2)")
+        state = {**state, "epoch": chosen.get("epoch"), "tensors": chosen.get("tensors")}
     name = state.get("tensors")
     if not isinstance(name, str) or Path(name).name != name or not (run_dir / name).is_dir():
         raise CheckpointError(f"{path} names tensors that are not in {run_dir}")

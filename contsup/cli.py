@@ -589,6 +589,9 @@ def evaluate(
     data_dir: Annotated[str | None, typer.Option(help="where datasets live")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     batch_size: Annotated[int | None, typer.Option(help="default: the run's")] = None,
+    best: Annotated[
+        bool, typer.Option("--best", help="the best epoch's weights, not the last's")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Test accuracy of a saved run's model, and of each local head, from its last checkpoint."""
@@ -599,7 +602,7 @@ def evaluate(
         from contsup.trainer import resolve_device
 
         check_device(device)
-        run = open_run(run_dir)
+        run = open_run(run_dir, best=best)
         config = run.config
         name = dataset or config.dataset
         target = resolve_device(device)
@@ -651,6 +654,9 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="safetensors | onnx | pt2")] = "safetensors",
     out: Annotated[Path | None, typer.Option(help="file to write (default: in RUN_DIR)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing file")] = False,
+    best: Annotated[
+        bool, typer.Option("--best", help="the best epoch's weights, not the last's")
+    ] = False,
 ) -> None:
     """Write a saved run's inference model (segments and bridges, no heads) to a file."""
     with user_errors():
@@ -661,7 +667,7 @@ def export(
         target = out or run_dir / f"model.{fmt}"
         if target.exists() and not force:  # before the slow part
             raise ExportError(f"{target} exists; pass --force to replace it")
-        written = export_run(open_run(run_dir), fmt, target, force=force)
+        written = export_run(open_run(run_dir, best=best), fmt, target, force=force)
     stdout.print(f"wrote {written}", highlight=False)
 
 

@@ -73,8 +73,8 @@ def _info(state: dict, config: TrainConfig) -> DatasetInfo:
         raise CheckpointError("the checkpoint's data record is malformed") from error
 
 
-def open_run(run_dir: str | Path) -> Run:
-    """The learner a run trained, with its last checkpoint's weights, on the CPU.
+def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
+    """The learner a run trained, with its last (or ``best``) checkpoint's weights, on the CPU.
 
     Example::
 
@@ -93,7 +93,7 @@ def open_run(run_dir: str | Path) -> Run:
         config = _config(read_legacy(path / LEGACY)["config"], path / LEGACY)
         learner = build_learner(config, parse_dataset(config.dataset)[0])
         convert_legacy(path, [name for name, _ in learner.named_parameters()])
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, best=best)
     config = _config(state.get("config") or {}, path / POINTER)
     info = _info(state, config)
     learner = build_learner(config, info, cuts=state.get("cuts"))

@@ -40,6 +40,7 @@ from contsup.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    tensors_dir,
 )
 from contsup.data import (
     DEFAULT_DATA_DIR,
@@ -412,7 +413,10 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
                 "cuts": cut_nodes(learner),
                 "data": info_record(data.info),
             }
-            save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state)
+            best = _best_epoch(out, metrics)
+            state["best"] = {"epoch": best, "tensors": tensors_dir(best)} if best else None
+            keep = (tensors_dir(best),) if best else ()
+            save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state, keep)
             if main:
                 _write_metrics(out, metrics)
                 if writer is not None:
@@ -421,6 +425,14 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
                     on_epoch(record)
     last = metrics[-1] if metrics else {"test_accuracy": None}
     return {**last, "epochs": config.epochs, "out_dir": str(out)}
+
+
+def _best_epoch(out: Path, metrics: list[dict]) -> int | None:
+    """The first epoch with the highest test accuracy, if its tensors are (or will be) on
+    disk: the epoch being saved, or one whose directory was kept."""
+    best = max(metrics, key=lambda m: m["test_accuracy"])["epoch"]
+    last = metrics[-1]["epoch"]
+    return best if best == last or (out / tensors_dir(best)).is_dir() else None
 
 
 def _checkpoint_tensors(pipe: Pipeline, optimizer: torch.optim.Optimizer) -> dict:

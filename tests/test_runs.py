@@ -30,7 +30,7 @@ CONFIG = TrainConfig(
     train_images=200,
     test_images=100,
     batch_size=64,
-    epochs=2,
+    epochs=3,
     lr=0.1,
     warmup_epochs=0,
     device="cpu",
@@ -80,7 +80,7 @@ def test_tensorboard_events_hold_the_metrics(trained):
     assert {"lr", "images_per_s", "epoch_seconds", "peak_memory_bytes"} <= tags
     last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
     logged = events.Scalars("test/accuracy/segment_0")
-    assert [e.step for e in logged] == [1, 2]
+    assert [e.step for e in logged] == [1, 2, 3]
     assert logged[-1].value == pytest.approx(last["head_accuracies"][0])
     assert events.Scalars("test/accuracy/segment_2")[-1].value == pytest.approx(
         last["test_accuracy"]
@@ -92,11 +92,26 @@ def test_eval_reproduces_the_last_epoch(trained):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
-    assert report["epoch"] == 2 and report["test_images"] == 100
+    assert report["epoch"] == 3 and report["test_images"] == 100
     assert report["test_accuracy"] == last["test_accuracy"]
     assert report["head_accuracies"] == last["head_accuracies"]
     other = run("eval", trained, "--dataset", "synthetic:3x16x16", "--device", "cpu")
     assert other.exit_code == 2 and "the run was trained on 10 of (3, 32, 32)" in other.output
+
+
+def test_the_best_epoch_is_kept_and_evaluated(trained):
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["test_accuracy"])
+    state = load_checkpoint(trained)
+    assert state["best"]["epoch"] == best["epoch"]
+    kept = {p.name for p in trained.glob("checkpoint-e*")}
+    assert kept == {f"checkpoint-e{e:04d}" for e in (best["epoch"], records[-1]["epoch"])}
+    result = run("eval", trained, "--best", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["epoch"] == best["epoch"]
+    assert report["test_accuracy"] == best["test_accuracy"]
+    assert report["head_accuracies"] == best["head_accuracies"]
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt2", "onnx"])
