@@ -73,6 +73,19 @@ def _info(state: dict, config: TrainConfig) -> DatasetInfo:
         raise CheckpointError("the checkpoint's data record is malformed") from error
 
 
+def _rebuild(
+    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None, source: Path
+) -> LocalLearner:
+    """``build_learner``, with a file's description of the model that does not build
+    (an unknown model or context, cuts that are not in the graph) as one sentence."""
+    try:
+        return build_learner(config, info, cuts=cuts)
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise CheckpointError(
+            f"{source} describes a model that cannot be built: {error}"
+        ) from error
+
+
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     """The learner a run trained, with its last (or ``best``) checkpoint's weights, on the CPU.
 
@@ -91,12 +104,12 @@ def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     legacy = not (path / POINTER).exists() and (path / LEGACY).exists()
     if legacy:  # the old config says how to build the learner whose names convert it
         config = _config(read_legacy(path / LEGACY)["config"], path / LEGACY)
-        learner = build_learner(config, parse_dataset(config.dataset)[0])
+        learner = _rebuild(config, parse_dataset(config.dataset)[0], None, path / LEGACY)
         convert_legacy(path, [name for name, _ in learner.named_parameters()])
     state = load_checkpoint(path, best=best)
     config = _config(state.get("config") or {}, path / POINTER)
     info = _info(state, config)
-    learner = build_learner(config, info, cuts=state.get("cuts"))
+    learner = _rebuild(config, info, state.get("cuts"), path / POINTER)
     tensors = {f"learner.{name}": t for name, t in learner.state_dict().items()}
     load_tensors(path, state, tensors)
     return Run(path, config, state, learner, info)
@@ -222,7 +235,10 @@ def load(path: str | Path) -> ContextNetwork:
         cuts = [str(node) for node in recipe["cuts"]]
     except (KeyError, TypeError, ValueError) as error:
         raise ExportError(f"{path} does not say which model it holds") from error
-    net = build_learner(config, info, cuts=cuts).export()
+    try:
+        net = _rebuild(config, info, cuts, path).export()
+    except CheckpointError as error:
+        raise ExportError(str(error)) from error
     try:
         net.load_state_dict(tensors)
     except RuntimeError as error:

@@ -209,6 +209,16 @@ def test_crafted_checkpoints_are_refused_and_never_run(trained, tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_naming_an_unknown_model_is_one_sentence(trained, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    state = json.loads((copy / "checkpoint.json").read_text())
+    state["config"]["model"] = "no_such_model"
+    (copy / "checkpoint.json").write_text(json.dumps(state))
+    result = run("eval", copy)
+    assert result.exit_code == 2 and "describes a model that cannot be built" in result.output
+
+
 def test_a_checkpoint_of_contsup_0_1_is_converted_and_resumes(tmp_path):
     """Write what contsup 0.1 wrote after epoch 1 (one torch.save pickle of tensors,
     numbers and lists), resume from it, and end where an uninterrupted run ends."""
