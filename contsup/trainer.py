@@ -37,6 +37,7 @@ from contsup.checkpoint import (
     convert_legacy,
     load_checkpoint,
     load_tensors,
+    read_legacy,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -341,6 +342,8 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
                     f"{out / LEGACY} is from contsup < 0.2; convert it first in one process "
                     f"(`contsup eval {out}` does), then resume here"
                 )
+            # The names it converts to are this run's: it must be the same run.
+            _check_same_run(read_legacy(out / LEGACY), config, out / LEGACY)
             convert_legacy(out, [name for name, _ in pipe.named_parameters()])
         state = load_checkpoint(out)
         _check_same_run(state, config, out / POINTER)

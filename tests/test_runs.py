@@ -14,7 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 import contsup
-from contsup.checkpoint import _decode, checkpoint_entries, load_checkpoint, load_tensors
+from contsup.checkpoint import (
+    CheckpointError,
+    _decode,
+    checkpoint_entries,
+    load_checkpoint,
+    load_tensors,
+)
 from contsup.cli import app
 from contsup.data import parse_dataset
 from contsup.runs import ExportError, open_run
@@ -263,6 +269,9 @@ def test_a_checkpoint_of_contsup_0_1_is_converted_and_resumes(tmp_path):
     for path in out.iterdir():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     torch.save(old, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="different run: k was 3, now 2"):
+        train(replace(stopped, k=2), resume=True)
+    assert not (out / "checkpoint.json").exists()  # nothing converted for the wrong run
     random.seed(1)  # the checkpoint's random state, not this, decides what comes next
     resumed = train(stopped, resume=True)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
