@@ -251,6 +251,11 @@ class Pipeline:
                     module.to("meta")
         for name in ("mean", "std"):
             setattr(learner, name, getattr(learner, name).to(self.device))
+        # Fixed from here on; the hot path reads them every step.
+        self._named_parameters = [
+            (n, p) for n, p in learner.named_parameters() if self.unit_of(n) in self.units
+        ]
+        self._buffers = [b for module in self.modules() for b in module.buffers()]
         if mesh is not None:
             ranks = mesh.mesh[self.replica]
             self.previous = int(ranks[self.stage - 1]) if self.stage > 0 else None
@@ -295,7 +300,7 @@ class Pipeline:
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """This stage's parameters, named as in ``learner.named_parameters()``."""
-        return [(n, p) for n, p in self.learner.named_parameters() if self.unit_of(n) in self.units]
+        return list(self._named_parameters)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -503,14 +508,20 @@ class Pipeline:
             offset += size
 
     def _broadcast_buffers(self) -> None:
-        """Replica 0's batch-norm statistics on every replica, as DDP does."""
+        """Replica 0's batch-norm statistics on every replica, as DDP does: one
+        broadcast per dtype of this stage's buffers, flattened together."""
         source = int(self.mesh.mesh[0, self.stage])
-        for module in self.modules():
-            for buffer in module.buffers():
-                try:
-                    dist.broadcast(buffer, src=source, group=self.dp_group)
-                except RuntimeError as error:
-                    raise self._lost(source, error) from None
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for buffer in self._buffers:
+            by_dtype.setdefault(buffer.dtype, []).append(buffer)
+        for buffers in by_dtype.values():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            try:
+                dist.broadcast(flat, src=source, group=self.dp_group)
+            except RuntimeError as error:
+                raise self._lost(source, error) from None
+            for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers])):
+                buffer.copy_(value.view_as(buffer))
 
 
 def _score(sums: torch.Tensor, unit: int, k: int, scores: torch.Tensor, y: torch.Tensor) -> None:

@@ -117,6 +117,21 @@ def check(mesh, context: str, exact: bool) -> dict:
     }
 
 
+def replica_buffers(mesh) -> dict:
+    """Batch-norm statistics of this stage after data-parallel steps and an evaluation
+    (which starts from replica 0's, as every step does), as exact sums."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20", num_classes=10)
+    learner = wrap(model, 4, context="R1E", example_input=torch.zeros(2, *IMAGE))
+    pipe = pipeline(learner, mesh)
+    train_losses(pipe.local_backward, pipe.parameters(), batches(BATCHES, 1))
+    pipe.flush()
+    pipe.evaluate(batches([16, 7], 2))
+    state = pipe.state_dict()
+    names = [n for n in state if "running_" in n]
+    return {"units": list(pipe.units), "buffers": [state[n].double().sum().item() for n in names]}
+
+
 def main() -> None:
     out, sizes = Path(sys.argv[1]), [int(v) for v in sys.argv[2:]]
     torch.set_num_threads(1)
@@ -127,6 +142,8 @@ def main() -> None:
         exact = world == stages  # one replica: bitwise; several: BN-free, within tolerance
         for context in ("R0", "E", "R1E", "R2E") if exact else ("R1E",):
             results[f"P{stages}-{context}"] = check(mesh, context, exact)
+        if not exact:
+            results[f"buffers-P{stages}"] = replica_buffers(mesh)
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 

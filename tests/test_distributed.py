@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from contsup.checkpoint import checkpoint_entries, load_checkpoint, load_tensors
+from contsup.checkpoint import load_checkpoint
 from contsup.distributed import DistributedError, init_mesh, stage_bounds, unit_seconds
 from contsup.learner import wrap
 from contsup.trainer import TrainConfig, train
-from tests.conftest import create
+from tests.conftest import checkpoint_tensors, create
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,16 +121,6 @@ def without_timing(run_dir: Path) -> list[dict]:
     return records
 
 
-def checkpoint_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = load_checkpoint(run_dir)
-    tensors = {
-        name: torch.empty(tuple(e.size), dtype=e.properties.dtype)
-        for name, e in checkpoint_entries(run_dir, state).items()
-    }
-    load_tensors(run_dir, state, tensors)
-    return tensors
-
-
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("recipe") / "digits.yaml"
@@ -201,6 +191,12 @@ def test_pipelined_learner_equals_one_process(tmp_path, world, sizes):
     assert codes == [0] * world, "\n".join(ranks.log(r)[-2000:] for r in range(world))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     for stages in sizes:
+        if stages < world:  # replicas of a stage hold replica 0's batch-norm statistics
+            rows = [r[f"buffers-P{stages}"] for r in results]
+            for row in rows:
+                same_stage = [other for other in rows if other["units"] == row["units"]]
+                assert len(same_stage) == world // stages and len(row["buffers"]) > 0
+                assert all(other["buffers"] == row["buffers"] for other in same_stage), rows
         for name in (n for n in results[0] if n.startswith(f"P{stages}-")):
             rows = [r[name] for r in results]
             if stages == world:
