@@ -20,3 +20,16 @@ def twin(model: torch.nn.Module) -> torch.nn.Module:
 
 def create(name: str, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, **kwargs)
+
+
+def checkpoint_tensors(run_dir) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in ``run_dir``, by name."""
+    from contsup.checkpoint import checkpoint_entries, load_checkpoint, load_tensors
+
+    state = load_checkpoint(run_dir)
+    tensors = {
+        name: torch.empty(tuple(e.size), dtype=e.properties.dtype)
+        for name, e in checkpoint_entries(run_dir, state).items()
+    }
+    load_tensors(run_dir, state, tensors)
+    return tensors

@@ -17,14 +17,13 @@ import contsup
 from contsup.checkpoint import (
     CheckpointError,
     _decode,
-    checkpoint_entries,
     load_checkpoint,
-    load_tensors,
 )
 from contsup.cli import app
 from contsup.data import parse_dataset
 from contsup.runs import ExportError, open_run
 from contsup.trainer import TrainConfig, build_learner, train
+from tests.conftest import checkpoint_tensors
 
 runner = CliRunner()
 
@@ -238,11 +237,7 @@ def test_a_checkpoint_of_contsup_0_1_is_converted_and_resumes(tmp_path):
         train(stopped, on_epoch=stop)
     out = Path(stopped.out)
     state = load_checkpoint(out)
-    tensors = {
-        name: torch.empty(tuple(e.size), dtype=e.properties.dtype)
-        for name, e in checkpoint_entries(out, state).items()
-    }
-    load_tensors(out, state, tensors)
+    tensors = checkpoint_tensors(out)
     learner = build_learner(CONFIG, parse_dataset("digits")[0])
     names = [name for name, _ in learner.named_parameters()]
     rng = state["rng"]
