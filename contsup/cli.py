@@ -288,7 +288,13 @@ def train(
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option()] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="cosine (per step, the default) | paper (the reference's, per epoch)"),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option(help="default: a sixteenth of the run")
+    ] = None,
     aux: Annotated[
         str | None, typer.Option(help="heads and bridges: scaled (default) | paper")
     ] = None,

@@ -55,11 +55,12 @@ from contsup.distributed import Pipeline, init_mesh, launched, pipeline
 from contsup.errors import ContsupError
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import PeakMemory
+from contsup.schedule import schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
 from partitioner import PartitionError
 from partitioner.plan import read_plan
 
-__all__ = ["TrainConfig", "TrainingDiverged", "paper_lr", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
 
 @dataclass
@@ -89,7 +90,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    warmup_epochs: int = 10
+    schedule: str = "cosine"  # per step; "paper": the reference's per-epoch curve
+    warmup_epochs: float | None = None  # None: a sixteenth of the run (the paper's 10 of 160)
     device: str = "auto"
     amp: str | None = None
     channels_last: bool = False
@@ -122,6 +124,7 @@ class TrainConfig:
         "momentum",
         "nesterov",
         "weight_decay",
+        "schedule",
         "warmup_epochs",
         "seed",
     )
@@ -133,26 +136,6 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
-
-
-def paper_lr(epoch: int, epochs: int, lr: float, warmup_epochs: int = 10) -> float:
-    """The paper's cosine schedule with warm-up, for epoch ``epoch`` in 1..epochs.
-
-    Example::
-
-        >>> round(paper_lr(1, 160, 0.8), 4), round(paper_lr(11, 160, 0.8), 4)
-        (0.01, 0.7907)
-
-    For e <= W: 0.5 lr (1 + cos(pi e / E)) (e - 1) / W + 0.01 (W + 1 - e) / W;
-    after: 0.5 lr (1 + cos(pi e / E)). The paper uses W = 10.
-    """
-    cosine = 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
-    if epoch <= warmup_epochs:
-        return (
-            cosine * (epoch - 1) / warmup_epochs
-            + 0.01 * (warmup_epochs + 1 - epoch) / warmup_epochs
-        )
-    return cosine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -355,13 +338,17 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
             _write_metrics(out, metrics)  # drop anything written after the checkpoint
     autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
     steps = steps_per_epoch(data)
+    lr_at = schedule(
+        config.schedule,
+        lr=config.lr,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        warmup_epochs=warmup_epochs(config.warmup_epochs, config.epochs),
+    )
     writer = open_writer(out, config.tensorboard) if main else None
     with closing(writer) if writer is not None else nullcontext():
         learner.train()
         for epoch in range(start_epoch, config.epochs + 1):
-            lr = paper_lr(epoch, config.epochs, config.lr, config.warmup_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             started = time.perf_counter()
             k = learner.k
             totals = torch.zeros(2 * k, dtype=torch.float64)  # loss sums, then correct counts
@@ -370,6 +357,9 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
                 for step, (x, y, raw) in enumerate(data.train(generator), start=1):
                     if config.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
+                    lr = lr_at((epoch - 1) * steps + step - 1)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                     optimizer.zero_grad(set_to_none=True)
                     result = pipe.local_backward(x, y, raw=raw, autocast=autocast)
                     for unit, value in zip(result.units, result.losses):
@@ -476,10 +466,21 @@ def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict) or not isinstance(state.get("epoch"), int):
         raise CheckpointError(f"{path} is not a contsup checkpoint")
-    current = asdict(config)
+    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs.
+    saved = _effective({"schedule": "paper", **saved})
+    current = _effective(asdict(config))
     changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
     if changed:
         name = changed[0]
         raise CheckpointError(
             f"{path} is from a different run: {name} was {saved.get(name)!r}, now {current[name]!r}"
         )
+
+
+def _effective(config: dict) -> dict:
+    """A config record with the default warm-up resolved, so 10 and "a sixteenth of 160"
+    compare equal."""
+    epochs, warmup = config.get("epochs"), config.get("warmup_epochs")
+    if warmup is None and isinstance(epochs, int):
+        return {**config, "warmup_epochs": warmup_epochs(None, epochs)}
+    return config

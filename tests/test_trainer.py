@@ -17,7 +17,7 @@ from contsup.checkpoint import (
     load_tensors,
     save_checkpoint,
 )
-from contsup.trainer import TrainConfig, TrainingDiverged, build, paper_lr, train
+from contsup.trainer import TrainConfig, TrainingDiverged, build, train
 
 FAST = dict(
     model="resnet20",
@@ -29,17 +29,6 @@ FAST = dict(
     warmup_epochs=0,
     device="cpu",
 )
-
-
-def test_paper_schedule():
-    assert paper_lr(1, 160, 0.8) == pytest.approx(0.01)
-    assert paper_lr(11, 160, 0.8) == pytest.approx(0.4 * (1 + math.cos(math.pi * 11 / 160)))
-    assert paper_lr(160, 160, 0.8) == pytest.approx(0.0, abs=1e-12)
-    warm = [paper_lr(e, 160, 0.8) for e in range(1, 11)]
-    assert warm == sorted(warm)  # warm-up rises
-    cool = [paper_lr(e, 160, 0.8) for e in range(11, 161)]
-    assert cool == sorted(cool, reverse=True)
-    assert paper_lr(1, 5, 0.1, warmup_epochs=0) == pytest.approx(0.05 * (1 + math.cos(math.pi / 5)))
 
 
 def test_learns_digits(tmp_path):
