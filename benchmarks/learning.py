@@ -1,24 +1,31 @@
-"""Does context supply help? Test accuracy of each mode on real data, on the CPU.
+"""Does context supply help? Paired test accuracy on real data, on the CPU.
 
-Suites (``--list`` prints the rows):
+ResNet-32 on Fashion-MNIST (Debian's ``dataset-fashion-mnist``, 1x28x28), cut at
+the paper's K=16 cuts, softmax local loss and 1c2f heads; every row of a suite
+uses the same fixed training subset, all 10,000 test images, and the same
+seeds. A seed fixes the data order, the augmentation and the backbone's initial
+weights, so rows are paired: R1E - R0 is taken seed by seed.
 
-* ``fashion``: ResNet-32 on Fashion-MNIST (Debian's ``dataset-fashion-mnist``,
-  1x28x28) at the paper's cuts: end-to-end (K=1), K=16 with R0, E, R1 and R1E,
-  R1E with the paper's own modules (``aux paper``), and K=4 with R0 and R1E.
-  Softmax local loss, 1c2f heads, a fixed subset and epoch budget (below).
-* ``timm64``: timm's resnet18 on Fashion-MNIST upsampled to 64x64, K=8, R0
-  against R1E at the same cuts (where R1E's memory balance puts them): the
-  scaled design on an ImageNet-style network.
+Suites (``--list`` prints them):
+
+* ``core``: end-to-end, and K=16 R0 and R1E with each aux design; 12,000
+  images, 3 seeds. About an hour on 2 cores.
+* ``quick``: the same rows at 9,000 images, 4 epochs, 2 seeds (about 10 min).
+* ``wide``: K=16 E and R1; K=4 and K=8 R0 and R1E; timm's resnet18 on
+  Fashion-MNIST at 64 px, K=8, R0 and R1E (quick budget).
+* ``ablation``: which parts of the paper's modules carry the benefit (quick
+  budget); the variants are aux designs registered below.
+* ``precision``: quick K=16 R0 and R1E in float32 without channels-last, to
+  check that the bf16 autocast and channels-last every other row uses (1.5-2.4x
+  faster on this CPU) does not move accuracy.
 
     apt-get install dataset-fashion-mnist      # once, as root
-    python benchmarks/learning.py              # both suites, about 40 minutes on 2 cores
+    python benchmarks/learning.py --suite quick
     python benchmarks/learning.py --report     # md + png from the saved json
 
-Every row runs once per seed through ``contsup.trainer.train``; rows are merged
-into benchmarks/results/learning_cpu.json as they finish, and the .md and .png
-are rewritten from it. Per row: final test accuracy (mean and each seed), the
-accuracy of each local head on its boundary (the paper's linear-separability
-diagnostic), accuracy per epoch and wall time.
+Rows run in ``--jobs`` processes (default 2) of one thread each: two processes of
+two threads slow each other several-fold on this machine. Results are merged
+into benchmarks/results/learning_cpu.json as each row finishes.
 """
 
 from __future__ import annotations
@@ -26,74 +33,127 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
-
-import torch
-
-from contsup.recipes import load_recipe
-from contsup.trainer import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
 RECIPES = Path(__file__).parent.parent / "recipes"
+# t quantiles (two-sided 95%) for the paired intervals, by degrees of freedom.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+
+QUICK = dict(train_images=9000, epochs=4, seeds=[0, 1])
+CORE = dict(train_images=12000, epochs=5, seeds=[0, 1, 2])
+RESNET32 = dict(model="resnet32", dataset="fashion_mnist", batch_size=128, lr=0.1)
+RESNET18_64 = dict(model="resnet18", dataset="fashion_mnist:64", batch_size=64, lr=0.05)
+
+
+def register_variants() -> None:
+    """The ablation's aux designs: the scaled design with one choice changed, and the
+    two designs' heads and bridges crossed."""
+    from contsup.auxiliary import AuxDesign, paper, register_design, scaled
+
+    def styled(name: str, **choices) -> None:
+        style = replace(scaled.BridgeStyle(), **choices)
+
+        def bridge(target, sources, image):
+            return scaled.FusedBridge(target, sources, image, style)
+
+        register_design(AuxDesign(name, bridge, scaled.build_head, scaled.ReconstructionDecoder))
+
+    styled("scaled+e3x3", image="conv3x3")
+    styled("scaled+fullgrid", recent_grid="full")
+    styled("scaled+bn", norm=True)
+    styled("scaled+allC", band=None)
+    styled("scaled+nogain", gain="none")
+    register_design(
+        AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
+                  scaled.ReconstructionDecoder)
+    )  # fmt: skip
+    register_design(
+        AuxDesign("heads:paper+bridges:scaled", scaled.FusedBridge, paper.build_head,
+                  paper.ReconstructionDecoder)
+    )  # fmt: skip
 
 
 def paper_cuts(k: int) -> list[str]:
-    """ResNet-32's cuts in the paper's tables (the T1 and T2 recipes)."""
+    """ResNet-32's cuts in the paper's tables (the T2 recipe)."""
+    from contsup.recipes import load_recipe
+
     runs = dict(load_recipe(RECIPES / "t2_resnet32_cifar10.yaml").runs)
     return runs[f"K{k}-R1E-softmax"]["cuts"]
 
 
-def rows() -> list[dict]:
-    fashion = dict(
-        suite="fashion",
-        model="resnet32",
-        dataset="fashion_mnist",
-        train_images=6000,
-        test_images=2000,
-        epochs=4,
-        batch_size=128,
-        lr=0.1,
-        seeds=[0, 1],
-    )
-    timm64 = dict(
-        suite="timm64",
-        model="resnet18",
-        dataset="fashion_mnist:64",
-        train_images=4000,
-        test_images=2000,
-        epochs=3,
-        batch_size=64,
-        lr=0.05,
-        seeds=[0],
-    )
-    return [
-        dict(fashion, name="E2E", k=1, context="R0", aux="scaled", cuts=None),
+def _row(suite: str, budget: dict, net: dict, name: str, k: int, context: str, aux: str, **more):
+    row = dict(suite=suite, **budget, **net, name=name, k=k, context=context, aux=aux)
+    return {"amp": "bf16", "channels_last": True, **row, **more}
+
+
+def suites() -> dict[str, list[dict]]:
+    def yardstick(suite: str, budget: dict) -> list[dict]:
+        rows = [_row(suite, budget, RESNET32, "E2E", 1, "R0", "scaled")]
+        for aux in ("scaled", "paper"):
+            for context in ("R0", "R1E"):
+                rows.append(_row(suite, budget, RESNET32, f"K16 {context} {aux}", 16, context, aux))
+        return rows
+
+    wide = [
+        *(_row("wide", QUICK, RESNET32, f"K16 {c} scaled", 16, c, "scaled") for c in ("E", "R1")),
         *(
-            dict(fashion, name=f"K16 {c}", k=16, context=c, aux="scaled", cuts=paper_cuts(16))
-            for c in ("R0", "E", "R1", "R1E")
-        ),
-        dict(fashion, name="K16 R1E paper", k=16, context="R1E", aux="paper", cuts=paper_cuts(16)),
-        *(
-            dict(fashion, name=f"K4 {c}", k=4, context=c, aux="scaled", cuts=paper_cuts(4))
+            _row("wide", QUICK, RESNET32, f"K{k} {c} scaled", k, c, "scaled")
+            for k in (4, 8)
             for c in ("R0", "R1E")
         ),
         *(
-            dict(timm64, name=f"resnet18@64 K8 {c}", k=8, context=c, aux="scaled", cuts=None)
+            _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 {c} scaled", 8, c, "scaled")
             for c in ("R0", "R1E")
         ),
     ]
+    variants = [
+        "heads:scaled+bridges:paper",
+        "heads:paper+bridges:scaled",
+        "scaled+e3x3",
+        "scaled+fullgrid",
+        "scaled+bn",
+        "scaled+allC",
+        "scaled+nogain",
+    ]
+    ablation = [
+        _row("ablation", QUICK, RESNET32, f"K16 R1E {v}", 16, "R1E", v,
+             baseline=f"quick/K16 R0 {'paper' if v.startswith('heads:paper') else 'scaled'}")
+        for v in variants
+    ]  # fmt: skip
+    fp32 = [
+        _row("precision", QUICK, RESNET32, f"K16 {c} scaled", 16, c, "scaled", amp=None,
+             channels_last=False)
+        for c in ("R0", "R1E")
+    ]  # fmt: skip
+    return {
+        "core": yardstick("core", CORE),
+        "quick": yardstick("quick", QUICK),
+        "wide": wide,
+        "ablation": ablation,
+        "precision": fp32,
+    }
 
 
-def balanced_cuts(row: dict) -> list[str]:
-    """Where R1E's memory balance cuts ``row``'s model; every row of its suite uses them.
+def cuts_for(row: dict) -> list[str] | None:
+    """The paper's cuts for ResNet-32; for other models, where R1E's memory balance cuts.
 
     Balancing counts the aux modules, so R0 alone would cut elsewhere, and a
     comparison across cut sets measures the cuts more than the context.
     """
+    if row["k"] == 1:
+        return None
+    if row["model"] == "resnet32":
+        return paper_cuts(row["k"])
     import timm
+    import torch
 
     from contsup.data import parse_dataset
     from contsup.learner import wrap
@@ -103,14 +163,22 @@ def balanced_cuts(row: dict) -> list[str]:
         model = timm.create_model(row["model"], num_classes=10, in_chans=info.image_size[0])
     x = torch.empty(row["batch_size"], *info.image_size, device="meta")
     learner = wrap(model, row["k"], context="R1E", objective="memory", example_input=x)
-    return [b.node for b in learner.partition.boundaries]
+    return [b.tensors[0].node for b in learner.partition.boundaries]
 
 
-def run_row(row: dict, seed: int, work: Path) -> dict:
+def run_row(row: dict, seed: int, work: str) -> dict:
+    """Train one row at one seed in this (one-thread) process; its final and per-epoch figures."""
+    import torch
+
+    torch.set_num_threads(1)
+    register_variants()
+    from contsup.trainer import TrainConfig, train
+
+    out = Path(work) / f"{row['suite']}-{row['name'].replace(' ', '_').replace(':', '_')}-{seed}"
     config = TrainConfig(
         model=row["model"],
         k=row["k"],
-        cuts=row["cuts"],
+        cuts=cuts_for(row),
         context=row["context"],
         aux=row["aux"],
         head="1c2f",
@@ -118,20 +186,20 @@ def run_row(row: dict, seed: int, work: Path) -> dict:
         objective="memory",
         dataset=row["dataset"],
         train_images=row["train_images"],
-        test_images=row["test_images"],
         epochs=row["epochs"],
         batch_size=row["batch_size"],
         lr=row["lr"],
-        warmup_epochs=0,
         device="cpu",
+        amp=row["amp"],
+        channels_last=row["channels_last"],
         seed=seed,
-        out=str(work / f"{row['name'].replace(' ', '_')}-{seed}"),
+        out=str(out),
+        tensorboard=False,
     )
     started = time.perf_counter()
     train(config)
     seconds = time.perf_counter() - started
-    lines = Path(config.out, "metrics.jsonl").read_text().splitlines()
-    metrics = [json.loads(line) for line in lines]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {
         "seed": seed,
         "seconds": seconds,
@@ -141,53 +209,88 @@ def run_row(row: dict, seed: int, work: Path) -> dict:
     }
 
 
-def markdown(results: list[dict], stamp: str) -> str:
-    lines = [
-        f"Measured {stamp}.",
-        "",
-        "| suite | row | K | context | aux | test accuracy (mean) | per seed | time / run |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        accuracies = [s["test_accuracy"] for s in r["seeds"]]
-        seconds = statistics.mean(s["seconds"] for s in r["seeds"])
-        lines.append(
-            f"| {r['suite']} | {r['name']} | {r['k']} | {r['context']} | {r['aux']} | "
-            f"{statistics.mean(accuracies):.2%} | "
-            f"{', '.join(f'{a:.2%}' for a in accuracies)} | {seconds:.0f} s |"
-        )
-    lines += ["", "Local heads' test accuracy by boundary (mean over seeds), K=16:", ""]
-    for r in results:
-        if r["k"] != 16:
+def paired(rows: dict[str, dict], name: str, baseline: str) -> tuple[float, float, list[float]]:
+    """Mean and 95% half-interval of ``name`` - ``baseline`` over their common seeds, in points."""
+    a = {s["seed"]: s["test_accuracy"] for s in rows[name]["seeds"]}
+    b = {s["seed"]: s["test_accuracy"] for s in rows[baseline]["seeds"]}
+    diffs = [100 * (a[s] - b[s]) for s in sorted(a) if s in b]
+    if len(diffs) < 2:
+        return (diffs[0] if diffs else math.nan), math.nan, diffs
+    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return statistics.mean(diffs), half, diffs
+
+
+def baseline_of(row: dict, rows: dict[str, dict]) -> str | None:
+    """The R0 row a row is compared with: same suite, K and model; the same aux design
+    if that R0 exists, else the scaled one."""
+    if "baseline" in row:
+        return row["baseline"] if row["baseline"] in rows else None
+    if row["context"] == "R0":
+        return None
+    prefix = row["name"].split(f" {row['context']} ")[0]
+    for aux in (row["aux"], "scaled"):
+        name = f"{row['suite']}/{prefix} R0 {aux}"
+        if name in rows:
+            return name
+    return None
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    stamps = sorted({r["measured"] for r in rows.values()})
+    lines = [f"Measured {'; '.join(stamps)}.", ""]
+    for suite in suites():
+        members = [r for key, r in rows.items() if key.startswith(f"{suite}/")]
+        if not members:
             continue
-        heads = [statistics.mean(h) for h in zip(*(s["head_accuracies"] for s in r["seeds"]))]
-        lines.append(f"- {r['name']}: " + " ".join(f"{a:.2f}" for a in heads))
-    lines.append("")
+        first = members[0]
+        lines += [
+            f"### {suite}: {first['train_images']:,} training images, {first['epochs']} epochs, "
+            f"seeds {', '.join(str(s['seed']) for s in first['seeds'])}, all 10,000 test images",
+            "",
+            "| row | mean | sd | per seed | vs R0 (paired, points) | 95% interval "
+            "| per epoch (mean) | time / run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in members:
+            accuracies = [100 * s["test_accuracy"] for s in r["seeds"]]
+            sd = statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan
+            base = baseline_of(r, rows)
+            versus = interval = ""
+            if base is not None:
+                mean, half, diffs = paired(rows, f"{suite}/{r['name']}", base)
+                versus = f"{mean:+.2f} ({', '.join(f'{d:+.2f}' for d in diffs)})"
+                interval = f"[{mean - half:+.2f}, {mean + half:+.2f}]" if half == half else ""
+            curve = [statistics.mean(c) for c in zip(*(s["curve"] for s in r["seeds"]))]
+            seconds = statistics.mean(s["seconds"] for s in r["seeds"])
+            lines.append(
+                f"| {r['name']} | {statistics.mean(accuracies):.2f} | {sd:.2f} | "
+                f"{', '.join(f'{a:.2f}' for a in accuracies)} | {versus} | {interval} | "
+                f"{' '.join(f'{100 * c:.1f}' for c in curve)} | {seconds:.0f} s |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path, stamp: str) -> None:
+def plot(rows: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (curves, depth) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in results:
-        if r["suite"] != "fashion":
-            continue
-        curve = [statistics.mean(c) for c in zip(*(s["curve"] for s in r["seeds"]))]
-        curves.plot(range(1, len(curve) + 1), curve, marker="o", label=r["name"])
-        if r["k"] == 16:
-            heads = [statistics.mean(h) for h in zip(*(s["head_accuracies"] for s in r["seeds"]))]
-            depth.plot(range(1, len(heads) + 1), heads, marker=".", label=r["name"])
-    curves.set(xlabel="epoch", ylabel="test accuracy", title="ResNet-32, Fashion-MNIST")
-    depth.set(xlabel="boundary (segment whose output the head reads)", ylabel="head accuracy",
-              title="local heads at K=16: separability by depth")  # fmt: skip
-    for axis in (curves, depth):
+    shown = [s for s in ("core", "quick") if any(k.startswith(f"{s}/") for k in rows)]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+    for axis, suite in zip(axes[0], shown):
+        for key, r in rows.items():
+            if key.startswith(f"{suite}/"):
+                curve = [100 * statistics.mean(c) for c in zip(*(s["curve"] for s in r["seeds"]))]
+                axis.plot(range(1, len(curve) + 1), curve, marker="o", label=r["name"])
+        axis.set(
+            xlabel="epoch", ylabel="test accuracy (%)", title=f"ResNet-32, Fashion-MNIST, {suite}"
+        )
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.suptitle(stamp, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -195,38 +298,55 @@ def plot(results: list[dict], path: Path, stamp: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
-    parser.add_argument("--list", action="store_true", help="print the row names")
+    parser.add_argument("--suite", nargs="*", default=["quick"], help="suites to run")
+    parser.add_argument("--only", nargs="*", help="row names to run (default: all of the suite)")
+    parser.add_argument("--jobs", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--list", action="store_true", help="print the suites and rows")
     parser.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
     args = parser.parse_args()
+    table = suites()
     if args.list:
-        print("\n".join(r["name"] for r in rows()))
+        for suite, rows in table.items():
+            print(suite, *(f"  {r['name']}" for r in rows), sep="\n")
         return
     path = RESULTS / "learning_cpu.json"
-    saved = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    by_name = {r["name"]: r for r in saved["rows"]}
-    with tempfile.TemporaryDirectory() as work:
-        for row in [] if args.report else rows():
-            if args.only and row["name"] not in args.only:
-                continue
-            if row["cuts"] is None and row["k"] > 1:
-                row = {**row, "cuts": balanced_cuts(row)}
-            seeds = [run_row(row, seed, Path(work)) for seed in row["seeds"]]
-            by_name[row["name"]] = {
-                **row,
-                "seeds": seeds,
-                "measured": f"{datetime.date.today()}, torch {torch.__version__}, "
-                f"{torch.get_num_threads()} CPU threads",
-            }
-            print(row["name"], [round(s["test_accuracy"], 4) for s in seeds], flush=True)
-            RESULTS.mkdir(exist_ok=True)
-            path.write_text(json.dumps({"rows": list(by_name.values())}, indent=2))
-    order = [r["name"] for r in rows()]
-    results = sorted(by_name.values(), key=lambda r: order.index(r["name"]))
-    stamp = "; ".join(sorted({r["measured"] for r in results}))
-    (RESULTS / "learning_cpu.md").write_text(markdown(results, stamp))
-    plot(results, RESULTS / "learning_cpu.png", stamp)
-    print(markdown(results, stamp))
+    saved = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    if not isinstance(saved["rows"], dict):  # the format of contsup < 0.3
+        saved = {"rows": {}}
+    results: dict[str, dict] = saved["rows"]
+    todo = [] if args.report else [
+        r for s in args.suite for r in table[s] if not args.only or r["name"] in args.only
+    ]  # fmt: skip
+    os.environ["OMP_NUM_THREADS"] = "1"  # before the workers start
+    with tempfile.TemporaryDirectory() as work, ProcessPoolExecutor(args.jobs) as pool:
+        futures = {
+            (r["suite"], r["name"], seed): (r, pool.submit(run_row, r, seed, work))
+            for r in todo
+            for seed in r["seeds"]
+        }
+        done: dict[str, list] = {}
+        for (suite, name, _), (row, future) in futures.items():
+            key = f"{suite}/{name}"
+            done.setdefault(key, []).append(future.result())
+            if len(done[key]) == len(row["seeds"]):
+                import torch
+
+                results[key] = {
+                    **row,
+                    "seeds": done[key],
+                    "measured": f"{datetime.date.today()}, torch {torch.__version__}, "
+                    "1 CPU thread per run",
+                }
+                print(key, [round(100 * s["test_accuracy"], 2) for s in done[key]], flush=True)
+                RESULTS.mkdir(exist_ok=True)
+                path.write_text(json.dumps({"rows": results}, indent=1))
+    order = [f"{r['suite']}/{r['name']}" for rows in table.values() for r in rows]
+    results = {
+        k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 1e9)
+    }
+    (RESULTS / "learning_cpu.md").write_text(markdown(results))
+    plot(results, RESULTS / "learning_cpu.png")
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from contsup.atomic import write_text_atomic
@@ -198,8 +199,12 @@ def load_tensors(run_dir: str | Path, state: dict, wanted: dict[str, torch.Tenso
     try:
         with _single_process_quiet():
             dcp.load(wanted, storage_reader=reader)
-    except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {folder}: {error}") from error
+    except (Exception, CheckpointException) as error:  # DCP's is a BaseException
+        # DCP's message carries every rank's traceback; its last line names the cause.
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise CheckpointError(
+            f"cannot read checkpoint {folder}: a tensor file is damaged or cut short ({lines[-1]})"
+        ) from error
 
 
 def _encode(tensor: torch.Tensor) -> str:

@@ -72,19 +72,21 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device} asked for, but this machine has no CUDA GPU")
 
 
-def create_model(name: str, *, meta: bool = True):
-    """A timm model by name, built on the meta device when it allows (no memory, no init)."""
+def create_model(name: str, *, meta: bool = True, input_size=None):
+    """A timm model by name, built on the meta device when it allows (no memory, no init);
+    for ``input_size`` (C, H, W) its stem takes C channels, as timm's ``in_chans``."""
     import timm
     import torch
 
     check_model_name(name)
+    kwargs = {"in_chans": input_size[0]} if input_size else {}
     if not meta:
-        return timm.create_model(name)
+        return timm.create_model(name, **kwargs)
     try:
         with torch.device("meta"):
-            return timm.create_model(name)
+            return timm.create_model(name, **kwargs)
     except Exception:  # some models compute Python numbers from tensors while building
-        return timm.create_model(name)
+        return timm.create_model(name, **kwargs)
 
 
 @app.command()
@@ -127,7 +129,8 @@ def split(
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}")
         partitioner.check_objective(objective)
-        net = create_model(model, meta=objective != "time")  # timing needs real weights
+        # timing needs real weights
+        net = create_model(model, meta=objective != "time", input_size=input_size)
         size = tuple(input_size or net.pretrained_cfg["input_size"])
         device = next(net.parameters(), torch.empty(0)).device
         x = torch.zeros((batch_size, *size), device=device)
@@ -365,7 +368,7 @@ def train(
         check_fields(given, "command line")
         for name, overrides in runs:
             values = {**(book.base if book else {}), **overrides, **given}
-            if book and name and "out" not in given:
+            if book and name:  # each named run in its own directory, under --out too
                 values["out"] = str(Path(values.get("out") or Path("runs") / recipe.stem) / name)
             summary = _train_one(values, resume, as_json, label=name)
             if as_json and summary is not None:
@@ -495,7 +498,7 @@ def bench(
             )
 
         def make_model():
-            return timm.create_model(model, num_classes=num_classes)
+            return timm.create_model(model, num_classes=num_classes, in_chans=size[0])
 
         try:
             rows = run_bench(
@@ -692,13 +695,17 @@ def plot(
 
 @app.command()
 def models(
-    pattern: Annotated[str, typer.Argument(help="wildcard filter, e.g. 'resnet*'")] = "*",
+    pattern: Annotated[
+        str, typer.Argument(help="a word the name contains, or a wildcard like 'resnet*'")
+    ] = "*",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """List the model names `contsup split` accepts."""
     import timm
 
-    names = timm.list_models(pattern)  # contsup's CIFAR ResNets are registered on import
+    # A bare word matches anywhere in the name, as users type it ("resnet", "vit").
+    wildcard = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    names = timm.list_models(wildcard)  # contsup's CIFAR ResNets are registered on import
     with user_errors():
         if not names:
             raise UserError(f"no model matches '{pattern}'")

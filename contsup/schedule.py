@@ -106,6 +106,7 @@ def schedule(
         return lambda step: paper_lr(step // steps_per_epoch + 1, epochs, lr, warmup_epochs)
     if name == "cosine":
         steps = epochs * steps_per_epoch
-        warmup = min(round(warmup_epochs * steps_per_epoch), steps - 1)
+        warmup = round(warmup_epochs * steps_per_epoch) or (1 if warmup_epochs else 0)
+        warmup = min(warmup, steps - 1)
         return lambda step: cosine_lr(step, steps, lr, warmup)
     raise ScheduleError(f"unknown schedule {name!r}; use {' or '.join(SCHEDULES)}")

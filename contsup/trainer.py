@@ -302,6 +302,11 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
         raise CheckpointError(
             f"{committed[0]} exists; pass --resume to continue that run or choose another --out"
         )
+    if resume and not committed:  # a typo must never restart a long run from scratch
+        raise CheckpointError(
+            f"cannot resume: {out} holds no {POINTER}; check the directory, or leave out "
+            "--resume to start a new run"
+        )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -470,6 +475,12 @@ def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
     saved = _effective({"schedule": "paper", **saved})
     current = _effective(asdict(config))
     changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
+    if changed == ["epochs"]:
+        raise CheckpointError(
+            f"{path} is a run of {saved['epochs']} epochs; its learning-rate schedule is set "
+            f"by its length, so it cannot go on to {current['epochs']}: start a new run "
+            f"(another --out) with --epochs {current['epochs']}"
+        )
     if changed:
         name = changed[0]
         raise CheckpointError(

@@ -103,6 +103,25 @@ def test_models_lists_cifar_resnets():
     assert listed == {"pattern": "resnet1*", "models": names}
 
 
+def test_split_plans_for_grayscale_inputs_and_train_takes_the_plan(tmp_path):
+    plan = tmp_path / "plan.json"
+    result = run("split", "resnet20", "--k", "2", "--input-size", "1", "8", "8", "--save", str(plan))
+    assert result.exit_code == 0, result.output
+    trained = run(
+        "train", "resnet20", "--plan", str(plan), "--dataset", "synthetic:1x8x8", "--epochs",
+        "1", "--batch-size", "32", "--out", str(tmp_path / "run"), "--no-tensorboard", "--json",
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert len(json.loads(trained.stdout.strip().splitlines()[-1])["segment_losses"]) == 2
+
+
+def test_models_matches_a_bare_word_anywhere_in_the_name():
+    names = run("models", "resnet").output.split()
+    assert "resnet110" in names and "resnet50" in names and "seresnet50" in names
+    assert "vit_small_patch16_224" not in names
+    assert run("models", "resnet").output.split() == run("models", "*resnet*").output.split()
+
+
 def test_console_script_error_has_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "contsup.cli", "split", "nope_net"], capture_output=True, text=True
@@ -157,6 +176,21 @@ def test_train_multi_run_recipe_selects_a_run(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["out_dir"].endswith("two/b") and len(summary["segment_losses"]) == 3
+
+
+def test_each_run_of_a_recipe_gets_its_own_directory_under_out(tmp_path):
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(
+        "description: two runs\nmodel: resnet20\ndataset: digits\nepochs: 1\ntrain_images: 128\n"
+        "test_images: 64\nbatch_size: 64\ndevice: cpu\nruns:\n  - {name: a, k: 1}\n"
+        "  - {name: b, k: 2, context: R1}\n"
+    )
+    out = tmp_path / "out"
+    result = run("train", "--recipe", str(recipe), "--out", str(out), "--no-tensorboard")
+    assert result.exit_code == 0, result.output
+    assert (out / "a" / "checkpoint.json").exists() and (out / "b" / "checkpoint.json").exists()
+    again = run("train", "--recipe", str(recipe), "--run", "b", "--out", str(out), "--resume")
+    assert again.exit_code == 0, again.output
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,29 @@ def test_crafted_checkpoints_are_refused_and_never_run(trained, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_tensor_file_is_one_sentence_everywhere(trained, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    (tensor_file,) = (copy / load_checkpoint(copy)["tensors"]).glob("*.distcp")
+    data = tensor_file.read_bytes()
+    tensor_file.write_bytes(data[:1000] if damage == "truncate" else b"garbage")
+    config = asdict(replace(CONFIG, out=str(copy)))
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(json.dumps({"description": "the trained run", **config}))  # YAML reads JSON
+    commands = [
+        ["eval", copy],
+        ["export", copy, "--out", tmp_path / "m.safetensors"],
+        ["train", "--recipe", recipe, "--resume"],
+    ]
+    for args in commands:
+        result = run(*args)
+        assert result.exit_code == 2, (args[0], result.output)
+        assert "is damaged or cut short" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_a_checkpoint_naming_an_unknown_model_is_one_sentence(trained, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)

@@ -167,6 +167,21 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "checkpoint.json").read_bytes() == b"precious"
 
 
+def test_resume_of_a_directory_without_a_checkpoint_refuses(tmp_path):
+    for out in (tmp_path / "empty", tmp_path / "typo"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(CheckpointError, match="cannot resume: .* holds no checkpoint.json"):
+            train(TrainConfig(**FAST, epochs=1, out=str(out)), resume=True)
+        assert not (out / "checkpoint.json").exists()
+
+
+def test_a_finished_run_says_how_to_train_longer(tmp_path):
+    train(TrainConfig(**FAST, epochs=1, out=str(tmp_path), train_images=200, test_images=50))
+    with pytest.raises(CheckpointError, match="run of 1 epochs.*start a new run .* --epochs 2"):
+        config = TrainConfig(**FAST, epochs=2, out=str(tmp_path), train_images=200, test_images=50)
+        train(config, resume=True)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint.json").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):

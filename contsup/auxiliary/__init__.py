@@ -25,7 +25,7 @@ from torch import nn
 from contsup.context import ContextMode
 from contsup.geometry import Geometry
 
-__all__ = ["AUX_DESIGNS", "AuxDesign", "AuxConfig", "get_design"]
+__all__ = ["AuxDesign", "AuxConfig", "aux_designs", "get_design", "register_design"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,36 @@ class AuxDesign:
     decoder: Callable[[Geometry, Geometry], nn.Module]
 
 
+_REGISTERED: dict[str, AuxDesign] = {}
+
+
+def register_design(design: AuxDesign) -> AuxDesign:
+    """Make ``design`` available by its name to ``wrap(aux=...)``, ``--aux`` and recipes.
+
+    Example::
+
+        register_design(AuxDesign("mine", my_bridge, my_head, scaled.ReconstructionDecoder))
+        contsup.wrap(model, k=4, aux="mine")
+    """
+    _REGISTERED[design.name] = design
+    return design
+
+
 def _designs() -> dict[str, AuxDesign]:
-    from contsup.auxiliary import paper, scaled
+    from contsup.auxiliary import paper, scaled  # noqa: F401  (they register themselves)
 
-    return {design.name: design for design in (paper.DESIGN, scaled.DESIGN)}
+    return _REGISTERED
 
 
-AUX_DESIGNS = ("scaled", "paper")
+def aux_designs() -> list[str]:
+    """The names ``aux=`` takes.
+
+    Example::
+
+        >>> aux_designs()[:2]
+        ['paper', 'scaled']
+    """
+    return list(_designs())
 
 
 def get_design(name: str) -> AuxDesign:
@@ -66,7 +89,7 @@ def get_design(name: str) -> AuxDesign:
     if name not in designs:
         raise ValueError(
             f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
-            "size) or 'paper' (the reference implementation's modules)"
+            f"size), 'paper' (the reference implementation's modules) or one of {list(designs)}"
         )
     return designs[name]
 

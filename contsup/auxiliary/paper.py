@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from contsup.auxiliary import AuxDesign
+from contsup.auxiliary import AuxDesign, register_design
 from contsup.bridges import Bridge
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
@@ -128,4 +128,4 @@ def build_bridge(target: Geometry, sources: list[Geometry], image: Geometry | No
     return Bridge(recent, ImageEncoder(image, target) if image is not None else None)
 
 
-DESIGN = AuxDesign("paper", build_bridge, build_head, ReconstructionDecoder)
+DESIGN = register_design(AuxDesign("paper", build_bridge, build_head, ReconstructionDecoder))

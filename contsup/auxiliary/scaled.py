@@ -37,17 +37,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from contsup.auxiliary import AuxDesign
+from contsup.auxiliary import AuxDesign, register_design
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
 
 __all__ = [
     "DESIGN",
+    "BridgeStyle",
     "ImageEncoder",
     "BoundaryEncoder",
     "FusedBridge",
@@ -65,31 +66,67 @@ def _norm_relu(channels: int) -> list[nn.Module]:
     return [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
 
 
-class ImageEncoder(nn.Sequential):
-    """``E``'s narrow half: the image, area-pooled to twice the grid, a patchify conv, ReLU."""
+@dataclass(frozen=True)
+class BridgeStyle:
+    """The choices inside a scaled bridge; the defaults are the ``scaled`` design's.
 
-    def __init__(self, image: Geometry, target: Geometry, hidden: int = IMAGE_HIDDEN):
-        patch = 2 if image.height >= 2 * target.height and image.width >= 2 * target.width else 1
-        fine = image.with_grid(patch * target.height, patch * target.width)
-        super().__init__(
-            pool_to(image, fine),
-            nn.Conv2d(image.channels, hidden, patch, patch),
-            nn.ReLU(inplace=True),
-        )
+    ``band``: channels each source adds (its share of the boundary's first
+    channels), or None for all C channels, summed as the paper does; ``norm``:
+    BatchNorm after each encoder's conv; ``gain``: ``zero`` (a learned per-channel
+    gain that starts at 0) or ``none``; ``recent_grid``: ``half`` or ``full``, the
+    grid ``Rn`` encoders work on; ``image``: ``patchify`` (one 2x2 conv) or
+    ``conv3x3`` (two 3x3 convs, as the paper's E, on the image pooled to at most
+    twice the boundary's grid).
+    """
+
+    band: int | None = RANK
+    norm: bool = False
+    gain: str = "zero"
+    recent_grid: str = "half"
+    image: str = "patchify"
+
+
+def _act(channels: int, norm: bool) -> list[nn.Module]:
+    return _norm_relu(channels) if norm else [nn.ReLU(inplace=True)]
+
+
+def _fine_grid(image: Geometry, target: Geometry) -> tuple[Geometry, int]:
+    """The image pooled to twice the boundary's grid (or the boundary's, if smaller)."""
+    patch = 2 if image.height >= 2 * target.height and image.width >= 2 * target.width else 1
+    return image.with_grid(patch * target.height, patch * target.width), patch
+
+
+class ImageEncoder(nn.Sequential):
+    """``E``'s narrow half: the image, area-pooled to twice the grid, then convs to the grid."""
+
+    def __init__(self, image: Geometry, target: Geometry, out: int, style: BridgeStyle):
+        fine, patch = _fine_grid(image, target)
+        if style.image == "patchify":
+            convs = [nn.Conv2d(image.channels, out, patch, patch), *_act(out, style.norm)]
+        else:
+            convs = [
+                nn.Conv2d(image.channels, IMAGE_HIDDEN, 3, padding=1),
+                *_act(IMAGE_HIDDEN, style.norm),
+                nn.Conv2d(IMAGE_HIDDEN, out, 3, padding=1),
+                *_act(out, style.norm),
+                pool_to(fine, target.with_grid(target.height, target.width)),
+            ]
+        super().__init__(pool_to(image, fine), *convs)
 
 
 class BoundaryEncoder(nn.Sequential):
-    """``Rn``'s narrow half: an earlier boundary on half the grid, 1x1 to 16, ReLU, upsampled."""
+    """``Rn``'s narrow half: an earlier boundary pooled to (half) the grid, 1x1 conv, ReLU."""
 
-    def __init__(self, source: Geometry, target: Geometry, rank: int = RANK):
-        coarse = source.with_grid(math.ceil(target.height / 2), math.ceil(target.width / 2))
-        super().__init__(
-            ToMap(source),
-            pool_to(source, coarse),
-            nn.Conv2d(source.channels, rank, 1),
-            nn.ReLU(inplace=True),
-            nn.Upsample(size=(target.height, target.width), mode="nearest"),
+    def __init__(self, source: Geometry, target: Geometry, out: int, style: BridgeStyle):
+        divide = 2 if style.recent_grid == "half" else 1
+        coarse = source.with_grid(
+            math.ceil(target.height / divide), math.ceil(target.width / divide)
         )
+        layers = [ToMap(source), pool_to(source, coarse), nn.Conv2d(source.channels, out, 1)]
+        layers += _act(out, style.norm)
+        if divide > 1:
+            layers.append(nn.Upsample(size=(target.height, target.width), mode="nearest"))
+        super().__init__(*layers)
 
 
 class FusedBridge(nn.Module):
@@ -106,31 +143,48 @@ class FusedBridge(nn.Module):
     layers learn to read them. No C-wide conv runs: at large grids that conv
     cost as much time as a whole residual block, while this bridge costs one
     C-wide copy. Boundaries with fewer channels than the encoders give each
-    encoder an equal share of them.
+    encoder an equal share of them. ``style`` changes these choices.
     """
 
-    def __init__(self, target: Geometry, sources: Sequence[Geometry], image: Geometry | None):
+    def __init__(
+        self,
+        target: Geometry,
+        sources: Sequence[Geometry],
+        image: Geometry | None,
+        style: BridgeStyle = BridgeStyle(),
+    ):
         super().__init__()
         count = len(sources) + (image is not None)
         if count > target.channels:
             raise ValueError(
                 f"a boundary of {target.channels} channels cannot take {count} context sources"
             )
-        width = min(RANK, target.channels // count) if count else 0
-        self.recent = nn.ModuleList(BoundaryEncoder(g, target, width) for g in sources)
-        self.image = ImageEncoder(image, target, width) if image is not None else None
-        self.width = width * count
-        self.gain = nn.Parameter(torch.zeros(1, self.width, 1, 1)) if count else None
+        self.summed = style.band is None
+        if self.summed:
+            width = target.channels
+        else:
+            width = min(style.band, target.channels // count) if count else 0
+        self.recent = nn.ModuleList(BoundaryEncoder(g, target, width, style) for g in sources)
+        self.image = ImageEncoder(image, target, width, style) if image is not None else None
+        self.width = width if self.summed else width * count
+        self.count = count
+        gain = count and style.gain == "zero"
+        self.gain = nn.Parameter(torch.zeros(1, self.width, 1, 1)) if gain else None
         self.layout = target.layout
         self.to_boundary = FromMap(replace(target, channels=self.width))
 
     def forward(self, h: torch.Tensor, recent: Sequence[torch.Tensor], image: torch.Tensor):
-        if self.gain is None:
+        if not self.count:
             return h
         parts = [encoder(c) for encoder, c in zip(self.recent, recent, strict=True)]
         if self.image is not None:
             parts.append(self.image(image))
-        context = self.to_boundary(torch.cat(parts, dim=1) * self.gain)
+        context = sum(parts[1:], parts[0]) if self.summed else torch.cat(parts, dim=1)
+        if self.gain is not None:
+            context = context * self.gain
+        context = self.to_boundary(context)
+        if self.summed:
+            return h + context
         dim = 1 if self.layout == "NCHW" else -1
         first, rest = h.split([self.width, h.shape[dim] - self.width], dim=dim)
         return torch.cat([first + context, rest], dim=dim)
@@ -200,4 +254,4 @@ class ReconstructionDecoder(nn.Sequential):
         )
 
 
-DESIGN = AuxDesign("scaled", FusedBridge, build_head, ReconstructionDecoder)
+DESIGN = register_design(AuxDesign("scaled", FusedBridge, build_head, ReconstructionDecoder))
