@@ -105,7 +105,9 @@ def test_models_lists_cifar_resnets():
 
 def test_split_plans_for_grayscale_inputs_and_train_takes_the_plan(tmp_path):
     plan = tmp_path / "plan.json"
-    result = run("split", "resnet20", "--k", "2", "--input-size", "1", "8", "8", "--save", str(plan))
+    result = run(
+        "split", "resnet20", "--k", "2", "--input-size", "1", "8", "8", "--save", str(plan)
+    )
     assert result.exit_code == 0, result.output
     trained = run(
         "train", "resnet20", "--plan", str(plan), "--dataset", "synthetic:1x8x8", "--epochs",
