@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,7 @@ app = typer.Typer(
 # Piped output (files, CI logs, README snippets) gets room for full node names.
 stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True)
+PROGRESS_SECONDS = 30.0  # how often a run writes a progress line when not on a terminal
 
 
 class UserError(Exception):
@@ -323,6 +325,12 @@ def train(
     download: Annotated[bool | None, typer.Option("--download", help="fetch missing data")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (large datasets)")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads (default: the idle cores); results repeat at the same count"
+        ),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="run directory")] = None,
     pipeline: Annotated[
         int | None,
@@ -398,9 +406,21 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
         disable=not main,
     )
     task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
+    if main:
+        report.print(_run_line(config, label), highlight=False, soft_wrap=True)
+    # A log file or a cluster job sees no progress bar: a plain line every 30 s instead.
+    plain = not stderr.is_terminal
+    last_line = [time.monotonic()]
 
     def on_step(step, steps, losses, images_per_s):
         progress.update(task, completed=step, total=steps, loss=losses[-1], ips=images_per_s)
+        if plain and main and time.monotonic() - last_line[0] >= PROGRESS_SECONDS:
+            last_line[0] = time.monotonic()
+            report.print(
+                f"{label + ' ' if label else ''}step {step}/{steps}  loss {losses[-1]:.4f}  "
+                f"{images_per_s:.0f} img/s",
+                highlight=False,
+            )
 
     def on_epoch(m):
         report.print(
@@ -426,6 +446,25 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
         highlight=False,
     )
     return summary
+
+
+def _run_line(config, label: str) -> str:
+    """What a run is about to do, printed before anything slow starts."""
+    from contsup.trainer import default_threads, resolve_device
+
+    device = resolve_device(config.device)
+    threads = f" with {config.threads or default_threads()} threads" if device.type == "cpu" else ""
+    cut = f"K={config.k}"
+    if config.cuts:
+        cut = f"{len(config.cuts) + 1} segments at given cuts"
+    elif config.plan:
+        cut = f"cut as {config.plan} says"
+    return (
+        f"{label + ': ' if label else ''}{config.model} {cut}, context {config.context}, "
+        f"aux {config.aux}, on {config.dataset}: {config.epochs} epochs of batch "
+        f"{config.batch_size}, lr {config.lr} ({config.schedule}), on {device}{threads}; "
+        f"run in {config.out_dir()}"
+    )
 
 
 def _int_list(text: str, option: str) -> list[int]:

@@ -60,7 +60,7 @@ from contsup.tensorboard import log_epoch, open_writer
 from partitioner import PartitionError
 from partitioner.plan import read_plan
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "default_threads", "train"]
 
 
 @dataclass
@@ -101,6 +101,7 @@ class TrainConfig:
     pipeline: int = 1
     pipeline_balance: str = "time"
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
+    threads: int | None = None  # CPU threads; None: the idle cores (``default_threads``)
 
     # Changing these between a checkpoint and its resume would make a different run.
     IDENTITY = (
@@ -136,6 +137,24 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
+
+
+def default_threads() -> int:
+    """CPU threads for a run: this process's share of the cores that are idle now.
+
+    Example::
+
+        torch.set_num_threads(default_threads())
+
+    torch's own default (every core) slows a run several-fold when another process
+    is busy on the machine: threads then wait for each other. Under torchrun the
+    cores are shared by the processes of one machine. Results repeat exactly only
+    at the same thread count, so runs print theirs and ``--threads`` fixes it.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, (max(1, (cores or 1) - busy)) // per_machine)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,7 +305,10 @@ def train(
     checkpoint that is corrupt or from another run, ``DistributedError`` on a
     pipeline that cannot be laid out, ``RankLost`` when another rank dies.
     """
-    mesh = init_mesh(config.pipeline, str(resolve_device(config.device)))
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads or default_threads())
+    mesh = init_mesh(config.pipeline, str(device))
     try:
         return _train(config, mesh, resume, on_step, on_epoch)
     finally:

@@ -117,6 +117,20 @@ def test_split_plans_for_grayscale_inputs_and_train_takes_the_plan(tmp_path):
     assert len(json.loads(trained.stdout.strip().splitlines()[-1])["segment_losses"]) == 2
 
 
+def test_train_prints_its_plan_first_and_progress_lines_when_not_a_terminal(tmp_path, monkeypatch):
+    import contsup.cli
+
+    monkeypatch.setattr(contsup.cli, "PROGRESS_SECONDS", 0.0)
+    result = run(
+        "train", "resnet20", "--k", "2", "--dataset", "synthetic", "--epochs", "1",
+        "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "run"), "--no-tensorboard",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("resnet20 K=2, context E") and "with 1 threads" in lines[0]
+    assert any(line.startswith("step 1/") for line in lines)
+
+
 def test_models_matches_a_bare_word_anywhere_in_the_name():
     names = run("models", "resnet").output.split()
     assert "resnet110" in names and "resnet50" in names and "seresnet50" in names

@@ -167,6 +167,24 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "checkpoint.json").read_bytes() == b"precious"
 
 
+def test_threads_are_set_and_shared_by_the_processes_of_a_machine(tmp_path, monkeypatch):
+    from contsup.trainer import default_threads
+
+    before = torch.get_num_threads()
+    try:
+        train(TrainConfig(**FAST, epochs=1, train_images=64, test_images=32, threads=1,
+                          out=str(tmp_path)))  # fmt: skip
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    alone = default_threads()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_threads() == max(1, alone // 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert default_threads() == 1  # a busy machine: one thread, never zero
+
+
 def test_resume_of_a_directory_without_a_checkpoint_refuses(tmp_path):
     for out in (tmp_path / "empty", tmp_path / "typo"):
         (tmp_path / "empty").mkdir(exist_ok=True)
