@@ -9,7 +9,11 @@ Example::
 Importing contsup registers the paper's CIFAR ResNets in timm
 (``timm.create_model("resnet110", num_classes=10)``). ``contsup.distributed``
 (pipelines over torch.distributed) and ``contsup.load`` (a model that ``contsup
-export`` wrote) are imported on first use.
+export`` wrote, which takes images in [0, 1] unless exported with
+``--normalized-input``) are imported on first use.
+
+The ``contsup`` console script starts without this module's imports
+(``_contsup_launcher``): help and usage errors never wait for torch.
 """
 
 import importlib

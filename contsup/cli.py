@@ -705,6 +705,14 @@ def export(
     best: Annotated[
         bool, typer.Option("--best", help="the best epoch's weights, not the last's")
     ] = False,
+    raw_input: Annotated[
+        bool,
+        typer.Option(
+            "--raw-input/--normalized-input",
+            help="the model takes images in [0, 1] and normalises them itself (default), "
+            "or normalised images as in training",
+        ),
+    ] = True,
 ) -> None:
     """Write a saved run's inference model (segments and bridges, no heads) to a file."""
     with user_errors():
@@ -715,8 +723,11 @@ def export(
         target = out or run_dir / f"model.{fmt}"
         if target.exists() and not force:  # before the slow part
             raise ExportError(f"{target} exists; pass --force to replace it")
-        written = export_run(open_run(run_dir, best=best), fmt, target, force=force)
-    stdout.print(f"wrote {written}", highlight=False)
+        run = open_run(run_dir, best=best)
+        written = export_run(run, fmt, target, force=force, raw_input=raw_input)
+    mean, std = (", ".join(f"{v:.4f}" for v in values) for values in (run.info.mean, run.info.std))
+    takes = "images in [0, 1]" if raw_input else f"images normalised by mean ({mean}), std ({std})"
+    stdout.print(f"wrote {written}; it takes {takes}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -26,12 +26,14 @@ import partitioner
 from contsup.auxiliary import AuxConfig, get_design
 from contsup.budget import aux_costs, extra_cost_hook
 from contsup.context import ContextMode, parse_context
+from contsup.errors import ContsupError
 from contsup.geometry import Geometry, geometry_of, image_geometry
 from contsup.heads import parse_head
 from contsup.losses import head_outputs, local_loss_fn
 
 __all__ = [
     "Carry",
+    "InputShapeError",
     "LocalLearner",
     "LocalStep",
     "ContextNetwork",
@@ -40,6 +42,10 @@ __all__ = [
     "gather_sources",
     "wrap",
 ]
+
+
+class InputShapeError(ContsupError):
+    """A batch of another shape than the one a learner was built for."""
 
 
 @dataclass
@@ -201,7 +207,18 @@ class LocalLearner(nn.Module):
         return len(self.segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         return self.network(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``InputShapeError`` unless ``x`` is a batch of the input shape the
+        learner was built for: bridges and heads are sized for that shape's boundaries."""
+        built = tuple(self.partition.input_shape[1:])
+        if tuple(x.shape[1:]) != built:
+            raise InputShapeError(
+                f"this learner was built for inputs of shape {built}, got {tuple(x.shape[1:])}; "
+                "pass example_input=torch.zeros(2, C, H, W) of your data's shape to contsup.wrap"
+            )
 
     def export(self) -> ContextNetwork:
         """A standalone copy of the inference model (segments and bridges, no heads)."""
@@ -245,6 +262,7 @@ class LocalLearner(nn.Module):
                 (default: ``x`` un-normalised with ``learner.mean``/``learner.std``).
             autocast: run forward passes under ``torch.autocast`` with this dtype.
         """
+        self.check_input(x)
         carry = Carry()
         losses, _ = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
         return LocalStep(carry.out, torch.stack(losses).tolist())
@@ -372,7 +390,9 @@ def wrap(
             instead of balancing.
         objective: what the partitioner balances (``flops``, ``memory``, ...); heads
             and bridges are counted with the segments they run in.
-        example_input: defaults to the model's timm input size, batch 2.
+        example_input: defaults to the model's timm input size, batch 2. Pass one of
+            your data's shape when it differs (``torch.zeros(2, 3, 64, 64)``): heads and
+            bridges are sized for it, and other shapes are refused.
         num_classes: defaults to ``model.num_classes``.
 
     The learner shares parameters with ``model``.

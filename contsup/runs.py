@@ -5,6 +5,8 @@ checkpoint's tensors (``contsup.checkpoint``). ``open_run`` rebuilds the learner
 it trained, at the cuts it trained with, and loads its weights. ``export_run``
 writes the inference model (segments and bridges; no heads) as safetensors,
 ONNX or a ``torch.export`` program; ``load`` rebuilds a model from safetensors.
+By default an exported model takes images in [0, 1] and normalises them itself
+(``RawImageNetwork``), so its users need not know the training data's mean and std.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -32,16 +35,50 @@ from contsup.errors import ContsupError
 from contsup.learner import ContextNetwork, LocalLearner
 from contsup.trainer import TrainConfig, build_learner, cut_nodes
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "Run", "export_run", "load", "open_run"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "RawImageNetwork",
+    "Run",
+    "export_run",
+    "load",
+    "open_run",
+]
 
 EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
 SAFETENSORS_VERSION = 1
+# What the exported model takes, in the safetensors header's "input" field. Files of
+# contsup 0.2 have no such field: their model takes normalised images.
+RAW, NORMALIZED = "raw", "normalized"
 # The config fields that shape the inference model (with the cuts and the data's shape).
 REBUILD = ("model", "model_kwargs", "context", "aux", "head", "local_loss", "decoder")
 
 
 class ExportError(ContsupError):
     """An export that cannot be written, or a file that cannot be loaded back."""
+
+
+class RawImageNetwork(nn.Module):
+    """The inference model for images in [0, 1]: normalises them as training did, then runs
+    the ``ContextNetwork``.
+
+    Example::
+
+        net = RawImageNetwork(learner.export(), info.mean, info.std)
+        logits = net(images)   # images in [0, 1], shape (N, C, H, W)
+
+    ``net.network`` is the bare model, which takes normalised images.
+    """
+
+    def __init__(self, network: ContextNetwork, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # The data loader's arithmetic in its order, so the logits are training's, bitwise.
+        return self.network((images - self.mean) / self.std)
 
 
 @dataclass
@@ -139,39 +176,48 @@ def _umask() -> int:
     return mask
 
 
-def _recipe(run: Run) -> dict:
+def _recipe(run: Run, raw_input: bool) -> dict:
     """What ``load`` needs to rebuild the inference model: no data, no plan file."""
     return {
         "format": SAFETENSORS_VERSION,
         **{name: getattr(run.config, name) for name in REBUILD},
         "cuts": cut_nodes(run.learner),
         "data": info_record(run.info),
+        "input": RAW if raw_input else NORMALIZED,
     }
 
 
-def export_run(run: Run, fmt: str, out: str | Path, *, force: bool = False) -> Path:
+def export_run(
+    run: Run, fmt: str, out: str | Path, *, force: bool = False, raw_input: bool = True
+) -> Path:
     """Write ``run``'s inference model (segments and bridges) to ``out`` as ``fmt``.
 
     Example::
 
+        export_run(open_run("runs/x"), "onnx", "model.onnx")
         export_run(open_run("runs/x"), "safetensors", "model.safetensors")
         net = contsup.load("model.safetensors")
 
     Formats: ``safetensors`` (the state dict, plus what ``load`` needs to rebuild
     the model), ``onnx`` (``torch.onnx.export``'s dynamo exporter, batch size
     dynamic; needs ``pip install 'contsup[onnx]'``) and ``pt2`` (``torch.export``).
-    Inputs are normalised images, as in training.
+
+    The model takes images in [0, 1] and normalises them with the training data's
+    mean and std (``RawImageNetwork``); with ``raw_input=False``, the bare network,
+    which takes normalised images as in training. safetensors holds the bare
+    network's weights either way, and its header tells ``load`` which to rebuild.
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
-    net = run.learner.export().eval()
+    bare = run.learner.export().eval()
+    net = RawImageNetwork(bare, run.info.mean, run.info.std).eval() if raw_input else bare
     example = torch.zeros(2, *run.info.image_size)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        tensors = {name: t.contiguous() for name, t in net.state_dict().items()}
-        metadata = {"contsup": json.dumps(_recipe(run))}
+        tensors = {name: t.contiguous() for name, t in bare.state_dict().items()}
+        metadata = {"contsup": json.dumps(_recipe(run, raw_input))}
         _write_new(out, force, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     elif fmt == "pt2":
         program = _exported_program(net, example)
@@ -205,13 +251,21 @@ def _exported_program(net: nn.Module, example: torch.Tensor):
     return torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
 
 
-def load(path: str | Path) -> ContextNetwork:
+def load(path: str | Path, *, raw_input: bool | None = None) -> nn.Module:
     """The inference model in a safetensors file that ``contsup export`` wrote, in eval mode.
 
     Example::
 
         net = contsup.load("model.safetensors")
-        logits = net(x)     # x normalised like the training data
+        logits = net(images)    # images in [0, 1], as exported by default
+        bare = contsup.load("model.safetensors", raw_input=False)
+        logits = bare(x)        # x normalised like the training data
+
+    ``raw_input`` chooses what the model takes: ``True``, images in [0, 1] (a
+    ``RawImageNetwork``, which normalises them with the mean and std in the file);
+    ``False``, normalised images (the bare ``ContextNetwork``); ``None``, what
+    ``contsup export`` chose, which is ``True`` unless it was given
+    ``--normalized-input``; for a file of contsup 0.2, which does not say, ``False``.
 
     Nothing in the file is executed: safetensors holds tensors and a JSON header.
     """
@@ -235,6 +289,11 @@ def load(path: str | Path) -> ContextNetwork:
         cuts = [str(node) for node in recipe["cuts"]]
     except (KeyError, TypeError, ValueError) as error:
         raise ExportError(f"{path} does not say which model it holds") from error
+    exported = recipe.get("input", NORMALIZED)
+    if exported not in (RAW, NORMALIZED):
+        raise ExportError(
+            f"{path} says its model takes {exported!r} input; expected raw or normalized"
+        )
     try:
         net = _rebuild(config, info, cuts, path).export()
     except CheckpointError as error:
@@ -243,4 +302,6 @@ def load(path: str | Path) -> ContextNetwork:
         net.load_state_dict(tensors)
     except RuntimeError as error:
         raise ExportError(f"{path} does not fit the model it names: {error}") from error
-    return net.eval()
+    if raw_input is None:
+        raw_input = exported == RAW
+    return (RawImageNetwork(net, info.mean, info.std) if raw_input else net).eval()

@@ -348,3 +348,21 @@ def test_explicit_cuts_and_plans():
     other_size = wrap(create("resnet32"), 2, example_input=torch.zeros(2, 3, 64, 64))
     with pytest.raises(ValueError, match="made for inputs of shape \\(3, 64, 64\\)"):
         wrap(model, cuts=other_size.partition)
+
+
+def test_a_batch_of_another_shape_is_refused_with_the_fix():
+    import timm
+
+    from contsup.learner import InputShapeError
+
+    model = timm.create_model("resnet18", num_classes=10)
+    learner = contsup.wrap(model, k=2, context="R1E", example_input=torch.zeros(2, 3, 64, 64))
+    y = torch.randint(0, 10, (2,))
+    learner.local_backward(torch.randn(2, 3, 64, 64), y)  # the shape it was built for
+    small = torch.randn(2, 3, 32, 32)
+    with pytest.raises(
+        InputShapeError, match=r"built for inputs of shape \(3, 64, 64\).*example_input"
+    ):
+        learner.local_backward(small, y)
+    with pytest.raises(InputShapeError, match="example_input"):
+        learner.eval()(small)

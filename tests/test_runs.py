@@ -20,8 +20,8 @@ from contsup.checkpoint import (
     load_checkpoint,
 )
 from contsup.cli import app
-from contsup.data import parse_dataset
-from contsup.runs import ExportError, open_run
+from contsup.data import Batches, parse_dataset
+from contsup.runs import ExportError, RawImageNetwork, open_run
 from contsup.trainer import TrainConfig, build_learner, train
 from tests.conftest import checkpoint_tensors
 
@@ -122,8 +122,9 @@ def test_the_best_epoch_is_kept_and_evaluated(trained):
 @pytest.mark.parametrize("fmt", ["safetensors", "pt2", "onnx"])
 def test_export_gives_the_same_logits(trained, tmp_path, fmt):
     out = tmp_path / f"model.{fmt}"
-    result = run("export", trained, "--format", fmt, "--out", out)
+    result = run("export", trained, "--format", fmt, "--out", out, "--normalized-input")
     assert result.exit_code == 0, result.output
+    assert "it takes images normalised by mean (0.5000, 0.5000, 0.5000), std" in result.output
     x = torch.randn(5, 3, 32, 32)  # another batch size than the export's example
     expected = open_run(trained).learner.eval()(x)
     if fmt == "safetensors":
@@ -233,7 +234,8 @@ def test_a_damaged_tensor_file_is_one_sentence_everywhere(trained, tmp_path, dam
         result = run(*args)
         assert result.exit_code == 2, (args[0], result.output)
         assert "is damaged or cut short" in result.output and "Traceback" not in result.output
-        assert len(result.output.strip().splitlines()) == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0] == result.output.strip().splitlines()[-1]
     assert not (tmp_path / "m.safetensors").exists()
 
 
@@ -297,3 +299,49 @@ def test_a_checkpoint_of_contsup_0_1_is_converted_and_resumes(tmp_path):
     expected = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
     assert without_timing(records) == without_timing([json.loads(line) for line in expected])
     assert (out / "checkpoint.pt").exists()  # kept; the run now has a checkpoint.json too
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt2", "onnx"])
+def test_an_export_takes_raw_images_and_gives_the_trained_logits(trained, tmp_path, fmt):
+    out = tmp_path / f"model.{fmt}"
+    result = run("export", trained, "--format", fmt, "--out", out)  # raw input by default
+    assert result.exit_code == 0, result.output
+    assert "it takes images in [0, 1]" in result.output
+    saved = open_run(trained)
+    images = torch.rand(5, 3, 32, 32)  # another batch size than the export's example
+    x = Batches(saved.info, 5, "cpu").normalise(images)  # as training normalised them
+    expected = saved.learner.eval()(x)
+    if fmt == "safetensors":
+        net = contsup.load(out)
+        assert isinstance(net, RawImageNetwork)
+        assert torch.equal(net(images), expected)
+        assert torch.equal(contsup.load(out, raw_input=False)(x), expected)
+    elif fmt == "pt2":
+        logits = torch.export.load(str(out)).module()(images)
+        assert torch.allclose(logits, expected, atol=1e-5)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out))
+        (logits,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+        assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+
+
+def test_an_export_of_contsup_0_2_still_takes_normalised_images(trained, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    new = tmp_path / "new.safetensors"
+    assert run("export", trained, "--out", new).exit_code == 0
+    with safe_open(str(new), framework="pt") as file:
+        recipe = json.loads(file.metadata()["contsup"])
+    del recipe["input"]  # the rest of the header is what contsup 0.2 wrote
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(new)), str(old), metadata={"contsup": json.dumps(recipe)})
+    saved = open_run(trained)
+    images = torch.rand(5, 3, 32, 32)
+    x = Batches(saved.info, 5, "cpu").normalise(images)
+    expected = saved.learner.eval()(x)
+    net = contsup.load(old)
+    assert not isinstance(net, RawImageNetwork) and torch.equal(net(x), expected)
+    assert torch.equal(contsup.load(old, raw_input=True)(images), expected)
