@@ -8,12 +8,18 @@ Example::
 
 The partitioner knows nothing about local learning: it traces (``trace``), finds
 where exactly one tensor crosses (``cuts``), measures costs on the meta device
-(``cost``), balances (``balance``) and splits (``split``); ``plan`` ties them up.
+(``cost``), derives each tensor's memory layout (``layout``), balances
+(``balance``) and splits (``split``); ``plan`` ties them up.
 """
 
 from partitioner.boundary import Boundary, TensorSpec
 from partitioner.cost import TRAINING_FLOPS_MULTIPLIER
-from partitioner.errors import InputSizeError, PartitionError, UntraceableModelError
+from partitioner.errors import (
+    InputSizeError,
+    PartitionError,
+    PartitionWarning,
+    UntraceableModelError,
+)
 from partitioner.plan import (
     OBJECTIVES,
     Analysis,
@@ -34,6 +40,7 @@ __all__ = [
     "InputSizeError",
     "Partition",
     "PartitionError",
+    "PartitionWarning",
     "Segment",
     "SegmentStats",
     "TensorSpec",

@@ -1,6 +1,6 @@
-"""Errors the partitioner raises for problems a user can fix."""
+"""Errors the partitioner raises for problems a user can fix, and its one warning."""
 
-__all__ = ["PartitionError", "UntraceableModelError", "InputSizeError"]
+__all__ = ["PartitionError", "UntraceableModelError", "InputSizeError", "PartitionWarning"]
 
 
 class PartitionError(ValueError):
@@ -13,3 +13,7 @@ class UntraceableModelError(PartitionError):
 
 class InputSizeError(PartitionError):
     """The model rejected the example input's size."""
+
+
+class PartitionWarning(UserWarning):
+    """A partition was made, but not as asked: e.g. ``k`` forced a segment without parameters."""

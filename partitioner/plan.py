@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
+from itertools import accumulate
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from partitioner.balance import min_max_partition
-from partitioner.boundary import Boundary, TensorSpec, infer_layout
+from partitioner.balance import group_sums, min_max_partition
+from partitioner.boundary import Boundary, TensorSpec
 from partitioner.cost import NodeCost, measure_node_times, profile
 from partitioner.cuts import Cut, cut_candidates, node_key, tensor_count
-from partitioner.errors import PartitionError
+from partitioner.errors import PartitionError, PartitionWarning
+from partitioner.layout import UNKNOWN, tensor_layouts
 from partitioner.split import Segment, segment_graphs
 from partitioner.trace import trace
 
@@ -79,6 +83,26 @@ def imbalance(costs: Sequence[float]) -> float:
     return max(costs) / mean if mean > 0 else 1.0
 
 
+def _stretch_sums(per_node: Sequence[float], positions: Sequence[int]) -> list[float]:
+    """Sum of ``per_node`` over each stretch that cuts after ``positions`` make."""
+    prefix = [0, *accumulate(per_node)]
+    bounds = [0, *(p + 1 for p in positions), len(per_node)]
+    return [prefix[b] - prefix[a] for a, b in zip(bounds, bounds[1:])]
+
+
+@dataclass(frozen=True)
+class _Balanced:
+    """One balancing: the cuts it chose and what its segments cost.
+
+    ``chosen`` indexes ``Analysis.cuts``; ``extras`` are what split costs add to
+    each segment; ``peak`` is the costliest segment's cost, extras included.
+    """
+
+    chosen: list[int]
+    extras: list[float]
+    peak: float
+
+
 @dataclass(frozen=True)
 class SegmentStats:
     """One segment: its first and last op, output shape, and what it costs.
@@ -105,7 +129,8 @@ class Analysis:
 
     ``nodes`` and ``costs`` follow the training graph's node order; ``cuts`` are
     the candidates valid in both the training and the evaluation graph, each
-    paired with its twin in the evaluation graph.
+    paired with its twin in the evaluation graph; ``layouts`` name each tensor's
+    memory layout.
     """
 
     model: nn.Module
@@ -131,9 +156,42 @@ class Analysis:
 
     def chunk_costs(self, objective: str) -> list[float]:
         """Objective cost of each stretch between consecutive cut candidates."""
-        per_node = self.node_costs(objective)
-        bounds = [-1, *(c.position for c, _ in self.cuts), len(per_node) - 1]
-        return [sum(per_node[a + 1 : b + 1]) for a, b in zip(bounds, bounds[1:])]
+        return _stretch_sums(self.node_costs(objective), [c.position for c, _ in self.cuts])
+
+    @cached_property
+    def layouts(self) -> dict[str, str]:
+        """The memory layout of every tensor of the training graph, by node name.
+
+        Derived by propagation from the input (see ``partitioner.layout``);
+        ``"unknown"`` where the graph does not tell.
+        """
+        return tensor_layouts(self.train, self.train_values)
+
+    @cached_property
+    def _trainable_params(self) -> list[int]:
+        """Trainable parameters each node of the training graph brings to its segment.
+
+        A module's count at its call, a fetched parameter's at its first user (it
+        travels there); a parameter used twice counts once, where first used.
+        """
+        nodes = self.nodes
+        order = {n: i for i, n in enumerate(nodes)}
+        fetched = dict(self.train.named_parameters(remove_duplicate=False))
+        counts = [0] * len(nodes)
+        seen: set[int] = set()
+        for i, n in enumerate(nodes):
+            if n.op == "call_module":
+                params = list(self.train.get_submodule(n.target).parameters())
+            elif n.op == "get_attr" and n.users:
+                i = min(order[u] for u in n.users)
+                params = [fetched[n.target]] if n.target in fetched else []
+            else:
+                continue
+            for p in params:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    counts[i] += p.numel()
+        return counts
 
     def check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
@@ -154,27 +212,107 @@ class Analysis:
 
         ``extra_cost(boundary) -> (before, after)``, in the objective's units, is
         added to the segments on either side of every cut considered.
+
+        The cuts minimise the costliest segment (``min_max_partition``), with two
+        rules the bare optimum does not follow:
+
+        * Every segment has trainable parameters. When the optimum leaves one
+          without (a lone permute or activation between two cut candidates), every
+          stretch without parameters joins the segment before it (a first stretch
+          without any, the one after it) and the balancing is redone over what is
+          left. When ``k`` is more than the stretches that have parameters, the
+          optimum stands and a ``PartitionWarning`` says that ``k`` leaves no
+          other choice.
+        * Cuts whose memory layout is known are preferred: if they balance as
+          well as all candidates do, only they are used. A cut at a tensor of
+          unknown layout (``Boundary.layout == "unknown"``) is chosen only when it
+          balances better, and ``split_at`` refuses it.
         """
         self.check_k(k)
+        per_node = self.node_costs(objective)
         split_costs = None
         if extra_cost is not None:
             split_costs = [extra_cost(self.boundary(cut)) for cut, _ in self.cuts]
-        splits = min_max_partition(self.chunk_costs(objective), k, split_costs=split_costs)
-        chosen = [s - 1 for s in splits]
-        extras = [0.0] * k
-        for g, i in enumerate(chosen if split_costs is not None else ()):
-            extras[g] += split_costs[i][0]
-            extras[g + 1] += split_costs[i][1]
-        return self.split(chosen, objective, extras)
+        candidates = list(range(len(self.cuts)))
+        best = self._balance(candidates, k, per_node, split_costs)
+        known = [i for i in candidates if self._layout_known(i)]
+        if len(known) < len(candidates) and len(known) >= k - 1:
+            alternative = self._balance(known, k, per_node, split_costs)
+            if alternative.peak <= best.peak * (1 + 1e-9):
+                best, candidates = alternative, known
+        empty = self._parameterless(best.chosen)
+        if empty:
+            merged = self._with_parameters(candidates)
+            if len(merged) >= k - 1:
+                best = self._balance(merged, k, per_node, split_costs)
+            else:
+                warnings.warn(
+                    f"k={k} leaves no other choice than {len(empty)} segment(s) without "
+                    f"trainable parameters: only {len(merged) + 1} stretches between the "
+                    f"cut candidates of {type(self.model).__name__} have any",
+                    PartitionWarning,
+                    stacklevel=2,
+                )
+        return self.split(best.chosen, objective, best.extras)
 
-    def split_at(self, cuts: Sequence[str | Sequence[str]], objective: str = "flops") -> Partition:
+    def _balance(
+        self,
+        candidates: list[int],
+        k: int,
+        per_node: list[float],
+        split_costs: list[tuple[float, float]] | None,
+    ) -> _Balanced:
+        """Min-max balance ``k`` segments using only the cut candidates numbered ``candidates``."""
+        chunks = _stretch_sums(per_node, [self.cuts[i][0].position for i in candidates])
+        pairs = None if split_costs is None else [split_costs[i] for i in candidates]
+        splits = min_max_partition(chunks, k, split_costs=pairs)
+        extras = [0.0] * k
+        for g, s in enumerate(splits if pairs is not None else ()):
+            extras[g] += pairs[s - 1][0]
+            extras[g + 1] += pairs[s - 1][1]
+        costs = [c + e for c, e in zip(group_sums(chunks, splits), extras)]
+        return _Balanced([candidates[s - 1] for s in splits], extras, max(costs))
+
+    def _layout_known(self, i: int) -> bool:
+        return all(self.layouts.get(name) != UNKNOWN for name in self.cuts[i][0].boundary)
+
+    def _parameterless(self, chosen: Sequence[int]) -> list[int]:
+        """The segments that cutting at ``chosen`` leaves without trainable parameters."""
+        params = _stretch_sums(self._trainable_params, [self.cuts[i][0].position for i in chosen])
+        return [g for g, count in enumerate(params) if count == 0]
+
+    def _with_parameters(self, candidates: list[int]) -> list[int]:
+        """The ``candidates`` left once every stretch without trainable parameters has
+        joined the one before it (a first stretch without any joins the one after)."""
+        params = _stretch_sums(
+            self._trainable_params, [self.cuts[i][0].position for i in candidates]
+        )
+        kept: list[int] = []
+        since_kept = 0  # parameters since the last kept cut
+        for i, before, after in zip(candidates, params, params[1:]):
+            since_kept += before
+            if since_kept and after:
+                kept.append(i)
+                since_kept = 0
+        return kept
+
+    def split_at(
+        self,
+        cuts: Sequence[str | Sequence[str]],
+        objective: str = "flops",
+        *,
+        require_layout: bool = True,
+    ) -> Partition:
         """Split after the named nodes, in order: an explicit plan instead of balancing.
 
         Example::
 
             part = analyze(model, x).split_at(["layer1_4_act2", "layer2_4_act2"])
 
-        A cut is a node name, or a tuple of names for a multi-tensor boundary.
+        A cut is a node name, or a tuple of names for a multi-tensor boundary. A cut
+        at a tensor whose memory layout the graph does not tell is refused, since
+        whatever reads the boundary could not tell its channels from its space;
+        ``require_layout=False`` accepts it (a pipeline does not read layouts).
         """
         index = {train.boundary: i for i, (train, _) in enumerate(self.cuts)}
         chosen = []
@@ -187,17 +325,26 @@ class Analysis:
                     f"'{', '.join(names)}' is not a cut point of {type(self.model).__name__} "
                     f"(`contsup split` lists where it can be cut){hint}"
                 )
+            if require_layout:
+                self._check_layout(names)
             chosen.append(index[names])
         if chosen != sorted(set(chosen)):
             raise PartitionError("cuts must be distinct and in the order of the model's graph")
         return self.split(chosen, objective)
 
+    def _check_layout(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            if self.layouts.get(name) == UNKNOWN:
+                shape = tuple(self.train_values[name].shape)
+                raise PartitionError(
+                    f"cannot cut after '{name}': the memory layout of its tensor {shape} "
+                    "cannot be determined from the graph, so its channels cannot be told "
+                    "from its space; cut at a neighbouring node whose layout is known"
+                )
+
     def boundary(self, cut: Cut) -> Boundary:
         """The boundary spec of a cut candidate of the training graph."""
-        default_4d = getattr(self.model, "output_fmt", "NCHW")
-        default_4d = default_4d if default_4d in ("NCHW", "NHWC") else "NCHW"
-        by_name = {n.name: n for n in self.train.graph.nodes if n.name in cut.boundary}
-        return Boundary(tuple(self._spec(by_name[name], default_4d) for name in cut.boundary))
+        return Boundary(tuple(self._spec(name) for name in cut.boundary))
 
     def split(
         self, chosen: Sequence[int], objective: str, extra_costs: Sequence[float] | None = None
@@ -219,10 +366,11 @@ class Analysis:
             segments, boundaries, stats, objective, tuple(x.shape), str(x.dtype), extra_costs
         )
 
-    def _spec(self, node: fx.Node, default_4d: str) -> TensorSpec:
-        value = self.train_values[node.name]
-        layout = infer_layout(self.train, node, value, default_4d)
-        return TensorSpec(node.name, tuple(value.shape), str(value.dtype), layout)
+    def _spec(self, name: str) -> TensorSpec:
+        value = self.train_values[name]
+        return TensorSpec(
+            name, tuple(value.shape), str(value.dtype), self.layouts.get(name, "other")
+        )
 
     def _stats(
         self, cuts: list[tuple[Cut, Cut]], segments: Sequence[Segment]
@@ -409,7 +557,9 @@ class Partition(nn.Module):
         objective = plan.objective
         analysis = analyze(model, example_input, measure_time=objective == "time", **kwargs)
         try:
-            return analysis.split_at(plan.cuts, objective)
+            # The plan's own cuts, whatever their layouts: partition() may have chosen
+            # one of unknown layout, and re-applying must give the same segments.
+            return analysis.split_at(plan.cuts, objective, require_layout=False)
         except PartitionError as error:
             raise PartitionError(f"the plan does not fit this model: {error}") from error
 

@@ -1,11 +1,13 @@
 import re
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import partitioner
-from partitioner import Partition, PartitionError
+from partitioner import Partition, PartitionError, PartitionWarning
+from partitioner.balance import min_max_partition
 from tests.conftest import create, twin
 
 
@@ -148,3 +150,30 @@ def test_time_objective_balances_measured_time():
     model = create("resnet20")
     part = partitioner.partition(model, torch.randn(8, 3, 32, 32), k=3, objective="time")
     assert part.objective == "time" and all(s.time_s > 0 for s in part.stats)
+
+
+def test_no_segment_is_left_without_parameters():
+    with torch.device("meta"):
+        model = create("convnext_tiny")
+    x = torch.empty(2, 3, 224, 224, device="meta")
+    part = partitioner.partition(model, x, 16, "memory")
+    assert part.k == 16 and all(s.params > 0 for s in part.stats), [s.params for s in part.stats]
+    owners = [id(p) for seg in part.segments for p in seg.parameters()]
+    assert sorted(owners) == sorted(id(p) for p in model.parameters())
+
+
+def test_a_k_that_forces_a_segment_without_parameters_warns_and_cuts_anyway():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    analysis = partitioner.analyze(model, torch.randn(2, 4))
+    # The bare optimum for k=3 by memory is a segment of a lone ReLU ...
+    splits = min_max_partition(analysis.chunk_costs("memory"), 3)
+    assert 0 in [s.params for s in analysis.split([s - 1 for s in splits], "memory").stats]
+    # ... so the ReLUs join the Linears before them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        three = analysis.partition(3, "memory")
+    assert [s.params for s in three.stats] == [20, 20, 10]
+    # Three stretches have parameters: a fourth segment cannot have any.
+    with pytest.warns(PartitionWarning, match="k=4 leaves no other choice than 1 segment"):
+        four = analysis.partition(4, "memory")
+    assert [s.params for s in four.stats].count(0) == 1
