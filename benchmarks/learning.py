@@ -15,9 +15,9 @@ Suites (``--list`` prints them):
   Fashion-MNIST at 64 px, K=8, R0 and R1E (quick budget).
 * ``ablation``: which parts of the paper's modules carry the benefit (quick
   budget); the variants are aux designs registered below.
-* ``precision``: quick K=16 R0 and R1E in float32 without channels-last, to
-  check that the bf16 autocast and channels-last every other row uses (1.5-2.4x
-  faster on this CPU) does not move accuracy.
+* ``precision``: quick K=16 R0 and R1E in float32 without channels-last (seed
+  0), to check that the bf16 autocast and channels-last every other row uses
+  (1.5-2.4x faster on this CPU) does not move accuracy.
 
     apt-get install dataset-fashion-mnist      # once, as root
     python benchmarks/learning.py --suite quick
@@ -58,18 +58,24 @@ def register_variants() -> None:
     two designs' heads and bridges crossed."""
     from contsup.auxiliary import AuxDesign, paper, register_design, scaled
 
+    # The ablation's baseline: the scaled bridge of contsup 0.2 (16 channels a source,
+    # side by side, times a learned gain that starts at zero).
+    old = scaled.BridgeStyle(band=16, combine="concat", gain="zero")
+
     def styled(name: str, **choices) -> None:
-        style = replace(scaled.BridgeStyle(), **choices)
+        style = replace(old, **choices)
 
         def bridge(target, sources, image):
             return scaled.FusedBridge(target, sources, image, style)
 
         register_design(AuxDesign(name, bridge, scaled.build_head, scaled.ReconstructionDecoder))
 
+    styled("scaled-0.2", band=16)
+    styled("scaled+allC+nogain", band=None, combine="sum", gain="none")
     styled("scaled+e3x3", image="conv3x3")
     styled("scaled+fullgrid", recent_grid="full")
     styled("scaled+bn", norm=True)
-    styled("scaled+allC", band=None)
+    styled("scaled+allC", band=None, combine="sum")
     styled("scaled+nogain", gain="none")
     register_design(
         AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
@@ -115,6 +121,7 @@ def suites() -> dict[str, list[dict]]:
         ),
     ]
     variants = [
+        "scaled-0.2",
         "heads:scaled+bridges:paper",
         "heads:paper+bridges:scaled",
         "scaled+e3x3",
@@ -122,6 +129,7 @@ def suites() -> dict[str, list[dict]]:
         "scaled+bn",
         "scaled+allC",
         "scaled+nogain",
+        "scaled+allC+nogain",
     ]
     ablation = [
         _row("ablation", QUICK, RESNET32, f"K16 R1E {v}", 16, "R1E", v,
@@ -129,8 +137,8 @@ def suites() -> dict[str, list[dict]]:
         for v in variants
     ]  # fmt: skip
     fp32 = [
-        _row("precision", QUICK, RESNET32, f"K16 {c} scaled", 16, c, "scaled", amp=None,
-             channels_last=False)
+        _row("precision", {**QUICK, "seeds": [0]}, RESNET32, f"K16 {c} scaled", 16, c, "scaled",
+             amp=None, channels_last=False)
         for c in ("R0", "R1E")
     ]  # fmt: skip
     return {
@@ -296,6 +304,17 @@ def plot(rows: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def load_rows(path: Path) -> dict[str, dict]:
+    saved = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    return saved["rows"] if isinstance(saved["rows"], dict) else {}  # lists: contsup < 0.3
+
+
+def save_rows(path: Path, rows: dict[str, dict]) -> None:
+    """Merge ``rows`` into the file as it is now: suites may run in parallel processes."""
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"rows": {**load_rows(path), **rows}}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", nargs="*", default=["quick"], help="suites to run")
@@ -310,10 +329,7 @@ def main() -> None:
             print(suite, *(f"  {r['name']}" for r in rows), sep="\n")
         return
     path = RESULTS / "learning_cpu.json"
-    saved = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    if not isinstance(saved["rows"], dict):  # the format of contsup < 0.3
-        saved = {"rows": {}}
-    results: dict[str, dict] = saved["rows"]
+    results = load_rows(path)
     todo = [] if args.report else [
         r for s in args.suite for r in table[s] if not args.only or r["name"] in args.only
     ]  # fmt: skip
@@ -338,8 +354,8 @@ def main() -> None:
                     "1 CPU thread per run",
                 }
                 print(key, [round(100 * s["test_accuracy"], 2) for s in done[key]], flush=True)
-                RESULTS.mkdir(exist_ok=True)
-                path.write_text(json.dumps({"rows": results}, indent=1))
+                save_rows(path, {key: results[key]})
+    results = load_rows(path)
     order = [f"{r['suite']}/{r['name']}" for rows in table.values() for r in rows]
     results = {
         k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 1e9)

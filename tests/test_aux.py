@@ -52,17 +52,33 @@ def test_nothing_learned_runs_above_the_boundary_grid(name):
 
 
 @pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "vit_small_patch16_224"])
-def test_scaled_heads_never_widen_and_bridges_start_as_identity(name):
+def test_scaled_heads_and_bridges_never_widen(name):
     learner = meta_learner(name, 4, context="R1E")
-    for head, g in zip(learner.heads, learner.geometries):
-        for m in head.modules():
+    for part, g in [
+        *zip(learner.heads, learner.geometries),
+        *zip(learner.bridges, learner.geometries),
+    ]:
+        for m in part.modules():
             if isinstance(m, nn.Conv2d):
-                assert m.out_channels <= g.channels
+                assert m.out_channels <= min(g.channels, 64)
+
+
+@pytest.mark.parametrize("gain,identity", [("none", False), ("zero", True)])
+def test_context_flows_from_the_first_step_unless_a_zero_gain_holds_it(gain, identity):
+    """The default adds context at once; the 0.2 style (a gain from zero) starts as h' = h."""
+    from contsup.auxiliary.scaled import BridgeStyle, FusedBridge
+    from contsup.learner import gather_sources
+
     real = wrap(create("resnet20"), 4, context="R2E")
     x = torch.randn(2, 3, 32, 32)
     h = torch.randn(2, *real.partition.boundaries[1].shape[1:])
     sources = real.network.sources(1, [torch.randn(2, *real.partition.boundaries[0].shape[1:])], x)
-    assert torch.equal(real.bridges[1](h, sources, x), h)
+    sources_geometry = gather_sources(1, real.context, real.geometries, real.aux_config.image)
+    bridge = FusedBridge(real.geometries[1], sources_geometry, real.aux_config.image,
+                         BridgeStyle(gain=gain))  # fmt: skip
+    assert torch.equal(bridge(h, sources, x), h) == identity
+    if gain == "none":
+        assert not torch.equal(real.bridges[1](h, sources, x), h)  # the default
 
 
 def test_scaled_costs_a_fraction_of_paper_at_224_px():
@@ -106,16 +122,14 @@ def test_balancing_counts_aux_costs():
 
 @pytest.mark.parametrize(
     "name,kwargs,size",
-    [("resnet20", {}, 32), ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, 32)],
+    [("resnet18", {}, 32), ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, 32)],
 )
 def test_scaled_context_lands_in_the_first_channels_only(name, kwargs, size):
-    """h' = h + [gain * context; 0]: the other channels and the class token pass unchanged."""
+    """h' = h + [context; 0]: the other channels and the class token pass unchanged."""
     torch.manual_seed(0)
-    learner = wrap(create(name, **kwargs), 3, context="R1E", objective="params")
-    bridge, spec = learner.bridges[1], learner.partition.boundaries[1]  # 64 channels on resnet20
-    with torch.no_grad():
-        bridge.gain.fill_(1.0)
     x = torch.randn(2, 3, size, size)
+    learner = wrap(create(name, **kwargs), 3, context="R1E", objective="params", example_input=x)
+    bridge, spec = learner.bridges[1], learner.partition.boundaries[1]  # wider than 64
     h = torch.randn(2, *spec.shape[1:])
     previous = torch.randn(2, *learner.partition.boundaries[0].shape[1:])
     out = bridge(h, learner.network.sources(1, [previous], x), x)

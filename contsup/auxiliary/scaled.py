@@ -13,16 +13,18 @@ full-width 1x1 conv before pooling, and heads widen to the network's width. At
 * Narrow and fixed widths: ``Rn`` and ``E`` encoders have 16 channels, heads
   work at min(C, 32) channels on a grid of at most 16x16. Nothing widens past
   the boundary's channels.
-* No C-wide work but one copy. Each source has a narrow encoder (conv -> ReLU,
-  16 channels; no BatchNorm, which would save a second tensor); their outputs,
-  times a learned per-channel gain, are added to the boundary's first channels
-  and the next segment's layers learn to read them. The gain starts at zero, so
-  a bridge starts as the identity (h' = h): context is learned in, never
-  injected as noise.
+* Narrow context at full strength. Each source has a narrow encoder (conv ->
+  ReLU, 16 channels; no BatchNorm, which would save a second tensor); their
+  outputs are added to the boundary's first 16 n channels, and the next
+  segment's layers learn to read them. No learned gain: the gain that started
+  at zero in contsup 0.2 kept the encoders from learning until it had grown,
+  and cost most of the R1E - R0 gain in the ablation (docs/context.md). Wider
+  context does not help without it: summed over all C channels at full
+  strength, it made training unstable there.
 * Token layouts (ViT): heads take the mean over patch tokens, then LayerNorm and
   an MLP; no spatial conv.
 
-Bridges, on the boundary's grid H x W: h' = h + [gain * concat(...); 0], of
+Bridges, on the boundary's grid H x W: h' = h + [concat(...); 0], of
 
 * image (``E``): pool to 2H x 2W -> Conv2x2/2(3 -> 16) -> ReLU;
 * each earlier boundary (``Rn``): pool to H/2 x W/2 -> Conv1x1(C_in -> 16) -> ReLU
@@ -56,7 +58,7 @@ __all__ = [
     "ReconstructionDecoder",
 ]
 
-RANK = 16  # Rn encoders: C_in -> RANK -> C
+CONTEXT_WIDTH = 16  # channels each source's encoder adds to the boundary
 IMAGE_HIDDEN = 16  # E encoder's hidden channels
 HEAD_WIDTH = 32  # heads' conv channels (fewer if the boundary has fewer)
 HEAD_GRID = 16  # heads pool their map to at most this many cells a side
@@ -70,8 +72,10 @@ def _norm_relu(channels: int) -> list[nn.Module]:
 class BridgeStyle:
     """The choices inside a scaled bridge; the defaults are the ``scaled`` design's.
 
-    ``band``: channels each source adds (its share of the boundary's first
-    channels), or None for all C channels, summed as the paper does; ``norm``:
+    ``band``: channels each source's encoder gives (at most C), or None for all C;
+    ``combine``: ``concat`` (each source adds to its own share of the boundary's
+    first channels) or ``sum`` (all add to the same first channels, as the
+    paper's encoders add to all C); ``norm``:
     BatchNorm after each encoder's conv; ``gain``: ``zero`` (a learned per-channel
     gain that starts at 0) or ``none``; ``recent_grid``: ``half`` or ``full``, the
     grid ``Rn`` encoders work on; ``image``: ``patchify`` (one 2x2 conv) or
@@ -79,9 +83,10 @@ class BridgeStyle:
     twice the boundary's grid).
     """
 
-    band: int | None = RANK
+    band: int | None = CONTEXT_WIDTH
+    combine: str = "concat"
     norm: bool = False
-    gain: str = "zero"
+    gain: str = "none"
     recent_grid: str = "half"
     image: str = "patchify"
 
@@ -130,7 +135,7 @@ class BoundaryEncoder(nn.Sequential):
 
 
 class FusedBridge(nn.Module):
-    """h' = h + [g * concat(E(x), R_1(c_1), ...); 0]: context added to h's first channels.
+    """h' = h + [concat(E(x), R_1(c_1), ...); 0]: context added to h's first channels.
 
     Example::
 
@@ -138,12 +143,12 @@ class FusedBridge(nn.Module):
         h_aug = bridge(h.detach(), [prev.detach()], x)
 
     Each source gets a narrow encoder (16 channels on the boundary's grid). Their
-    outputs, scaled by a learned per-channel gain that starts at zero, are added
-    to the first 16 n of the boundary's C channels; the next segment's own
-    layers learn to read them. No C-wide conv runs: at large grids that conv
-    cost as much time as a whole residual block, while this bridge costs one
-    C-wide copy. Boundaries with fewer channels than the encoders give each
-    encoder an equal share of them. ``style`` changes these choices.
+    outputs are added to the first 16 n of the boundary's C channels; the next
+    segment's own layers learn to read them. No C-wide conv runs: at large grids
+    that conv cost as much time as a whole residual block, while this bridge
+    costs one C-wide copy. Boundaries with fewer channels than the encoders give
+    each encoder an equal share of them. ``style`` changes these choices (the
+    ablation in docs/context.md).
     """
 
     def __init__(
@@ -159,14 +164,12 @@ class FusedBridge(nn.Module):
             raise ValueError(
                 f"a boundary of {target.channels} channels cannot take {count} context sources"
             )
-        self.summed = style.band is None
-        if self.summed:
-            width = target.channels
-        else:
-            width = min(style.band, target.channels // count) if count else 0
+        self.summed = style.combine == "sum"
+        band = target.channels if style.band is None else min(style.band, target.channels)
+        width = band if self.summed else min(band, target.channels // max(count, 1))
         self.recent = nn.ModuleList(BoundaryEncoder(g, target, width, style) for g in sources)
         self.image = ImageEncoder(image, target, width, style) if image is not None else None
-        self.width = width if self.summed else width * count
+        self.width = width if self.summed or not count else width * count
         self.count = count
         gain = count and style.gain == "zero"
         self.gain = nn.Parameter(torch.zeros(1, self.width, 1, 1)) if gain else None
@@ -183,7 +186,7 @@ class FusedBridge(nn.Module):
         if self.gain is not None:
             context = context * self.gain
         context = self.to_boundary(context)
-        if self.summed:
+        if self.width == h.shape[1 if self.layout == "NCHW" else -1]:
             return h + context
         dim = 1 if self.layout == "NCHW" else -1
         first, rest = h.split([self.width, h.shape[dim] - self.width], dim=dim)
