@@ -59,8 +59,8 @@ def register_variants() -> None:
     from contsup.auxiliary import AuxDesign, paper, register_design, scaled
 
     # The ablation's baseline: the scaled bridge of contsup 0.2 (16 channels a source,
-    # side by side, times a learned gain that starts at zero).
-    old = scaled.BridgeStyle(band=16, combine="concat", gain="zero")
+    # side by side, times a learned gain that starts at zero), registered as scaled-0.2.
+    old = scaled.BridgeStyle(gain="zero")
 
     def styled(name: str, **choices) -> None:
         style = replace(old, **choices)
@@ -70,7 +70,6 @@ def register_variants() -> None:
 
         register_design(AuxDesign(name, bridge, scaled.build_head, scaled.ReconstructionDecoder))
 
-    styled("scaled-0.2", band=16)
     styled("scaled+allC+nogain", band=None, combine="sum", gain="none")
     styled("scaled+e3x3", image="conv3x3")
     styled("scaled+fullgrid", recent_grid="full")

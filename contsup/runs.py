@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from contsup.checkpoint import (
     LEGACY,
     POINTER,
     CheckpointError,
+    checkpoint_entries,
     convert_legacy,
     load_checkpoint,
     load_tensors,
@@ -123,6 +125,19 @@ def _rebuild(
         ) from error
 
 
+def with_legacy_design(config: TrainConfig, names) -> TrainConfig:
+    """``config``, with the design that built tensors ``names``: a run or export of
+    contsup 0.2 whose scaled bridges hold a gain rebuilds as ``scaled-0.2``.
+
+    Example::
+
+        config = with_legacy_design(config, ["network.bridges.0.gain", ...])
+    """
+    if config.aux == "scaled" and any(re.search(r"bridges\.\d+\.gain$", n) for n in names):
+        return replace(config, aux="scaled-0.2")
+    return config
+
+
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     """The learner a run trained, with its last (or ``best``) checkpoint's weights, on the CPU.
 
@@ -145,6 +160,7 @@ def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
         convert_legacy(path, [name for name, _ in learner.named_parameters()])
     state = load_checkpoint(path, best=best)
     config = _config(state.get("config") or {}, path / POINTER)
+    config = with_legacy_design(config, checkpoint_entries(path, state))
     info = _info(state, config)
     learner = _rebuild(config, info, state.get("cuts"), path / POINTER)
     tensors = {f"learner.{name}": t for name, t in learner.state_dict().items()}
@@ -285,6 +301,7 @@ def load(path: str | Path, *, raw_input: bool | None = None) -> nn.Module:
         raise ExportError(f"{path} is not in export format {SAFETENSORS_VERSION}")
     try:
         config = TrainConfig(**{name: recipe[name] for name in REBUILD})
+        config = with_legacy_design(config, tensors)
         info = info_from_record(recipe["data"])
         cuts = [str(node) for node in recipe["cuts"]]
     except (KeyError, TypeError, ValueError) as error:

@@ -357,6 +357,12 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
             convert_legacy(out, [name for name, _ in pipe.named_parameters()])
         state = load_checkpoint(out)
         _check_same_run(state, config, out / POINTER)
+        gains = [n for n in checkpoint_entries(out, state) if n.endswith(".gain")]
+        if config.aux == "scaled" and gains:
+            raise CheckpointError(
+                f"{out} was trained by contsup 0.2, whose scaled bridges had a gain that this "
+                "version's do not: resume it with contsup 0.2 (eval and export read it here)"
+            )
         _load_state(out, state, pipe, optimizer)
         set_rng_state(state.get("rng"), generator)
         metrics = state["metrics"]

@@ -345,3 +345,28 @@ def test_an_export_of_contsup_0_2_still_takes_normalised_images(trained, tmp_pat
     net = contsup.load(old)
     assert not isinstance(net, RawImageNetwork) and torch.equal(net(x), expected)
     assert torch.equal(contsup.load(old, raw_input=True)(images), expected)
+
+
+def test_a_run_of_contsup_0_2_rebuilds_its_gained_bridges(tmp_path):
+    """0.2's scaled bridges had a gain: its runs evaluate, export and load as trained,
+    and refuse to resume under today's bridges rather than silently drop the gain."""
+    from contsup.runs import with_legacy_design
+
+    out = tmp_path / "old"
+    config = replace(CONFIG, epochs=1, aux="scaled-0.2", out=str(out))
+    train(config)
+    state = json.loads((out / "checkpoint.json").read_text())
+    state["config"]["aux"] = "scaled"  # what 0.2 wrote: its scaled design had the gain
+    (out / "checkpoint.json").write_text(json.dumps(state))
+    assert with_legacy_design(replace(CONFIG, aux="scaled"), ["network.bridges.0.gain"]).aux == (
+        "scaled-0.2"
+    )
+    run_ = open_run(out)
+    assert run_.config.aux == "scaled-0.2"
+    assert any(name.endswith("bridges.0.gain") for name, _ in run_.learner.named_parameters())
+    assert run("export", out, "--out", tmp_path / "m.safetensors").exit_code == 0
+    x = torch.randn(4, *parse_dataset("digits")[0].image_size)
+    loaded = contsup.load(tmp_path / "m.safetensors", raw_input=False)
+    assert torch.equal(loaded(x), run_.learner.eval()(x))
+    with pytest.raises(CheckpointError, match="trained by contsup 0.2"):
+        train(replace(CONFIG, epochs=1, aux="scaled", out=str(out)), resume=True)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -50,6 +51,7 @@ from contsup.heads import linear_layers, parse_head
 
 __all__ = [
     "DESIGN",
+    "LEGACY",
     "BridgeStyle",
     "ImageEncoder",
     "BoundaryEncoder",
@@ -258,3 +260,13 @@ class ReconstructionDecoder(nn.Sequential):
 
 
 DESIGN = register_design(AuxDesign("scaled", FusedBridge, build_head, ReconstructionDecoder))
+# contsup 0.2's default: the same, with a learned gain that starts at zero on every
+# bridge. Runs and exports of 0.2 hold those gains and rebuild with it.
+LEGACY = register_design(
+    AuxDesign(
+        "scaled-0.2",
+        partial(FusedBridge, style=BridgeStyle(gain="zero")),
+        build_head,
+        ReconstructionDecoder,
+    )
+)
