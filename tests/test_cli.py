@@ -151,7 +151,7 @@ def test_untraceable_model_exits_2(monkeypatch):
 
     model = WithDynamicBlock()
     model.pretrained_cfg = {"input_size": (4,)}
-    monkeypatch.setattr("contsup.cli.create_model", lambda name, meta=True: model)
+    monkeypatch.setattr("contsup.cli.create_model", lambda name, **options: model)
     result = run("split", "dynamic", "--k", "2")
     assert result.exit_code == 2
     assert "cannot trace module 'gate' (DataDependent)" in " ".join(result.output.split())
