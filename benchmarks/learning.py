@@ -270,7 +270,8 @@ def markdown(rows: dict[str, dict]) -> str:
             curve = [statistics.mean(c) for c in zip(*(s["curve"] for s in r["seeds"]))]
             seconds = statistics.mean(s["seconds"] for s in r["seeds"])
             lines.append(
-                f"| {r['name']} | {statistics.mean(accuracies):.2f} | {sd:.2f} | "
+                f"| {r['name']} | {statistics.mean(accuracies):.2f} | "
+                f"{'' if math.isnan(sd) else f'{sd:.2f}'} | "
                 f"{', '.join(f'{a:.2f}' for a in accuracies)} | {versus} | {interval} | "
                 f"{' '.join(f'{100 * c:.1f}' for c in curve)} | {seconds:.0f} s |"
             )
