@@ -38,6 +38,7 @@ epochs: 3
 lr: 0.1
 warmup_epochs: 0
 device: cpu
+threads: 1
 """
 
 

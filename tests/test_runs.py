@@ -39,6 +39,7 @@ CONFIG = TrainConfig(
     lr=0.1,
     warmup_epochs=0,
     device="cpu",
+    threads=1,  # runs compared bitwise must use the same thread count
 )
 
 

@@ -28,6 +28,7 @@ FAST = dict(
     lr=0.1,
     warmup_epochs=0,
     device="cpu",
+    threads=1,  # runs compared bitwise must use the same thread count
 )
 
 
@@ -92,6 +93,8 @@ def run_cli(out, *extra, wait=True):
         "0.1",
         "--warmup-epochs",
         "0",
+        "--threads",
+        "1",
         "--device",
         "cpu",
         "--epochs",
@@ -172,7 +175,8 @@ def test_threads_are_set_and_shared_by_the_processes_of_a_machine(tmp_path, monk
 
     before = torch.get_num_threads()
     try:
-        train(TrainConfig(**FAST, epochs=1, train_images=64, test_images=32, threads=1,
+        torch.set_num_threads(2)  # so the run must set it to FAST's one thread
+        train(TrainConfig(**FAST, epochs=1, train_images=64, test_images=32,
                           out=str(tmp_path)))  # fmt: skip
         assert torch.get_num_threads() == 1
     finally:
