@@ -22,7 +22,7 @@ from contsup import models
 from contsup.learner import LocalLearner, LocalStep, wrap
 
 __all__ = ["LocalLearner", "LocalStep", "distributed", "load", "models", "wrap"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):
