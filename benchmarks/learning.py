@@ -60,7 +60,7 @@ def register_variants() -> None:
 
     # The ablation's baseline: the scaled bridge of contsup 0.2 (16 channels a source,
     # side by side, times a learned gain that starts at zero), registered as scaled-0.2.
-    old = scaled.BridgeStyle(gain="zero")
+    old = scaled.LEGACY_STYLE
 
     def styled(name: str, **choices) -> None:
         style = replace(old, **choices)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contsup.auxiliary.scaled import design_of
 from contsup.checkpoint import (
     LEGACY,
     POINTER,
@@ -133,9 +133,7 @@ def with_legacy_design(config: TrainConfig, names) -> TrainConfig:
 
         config = with_legacy_design(config, ["network.bridges.0.gain", ...])
     """
-    if config.aux == "scaled" and any(re.search(r"bridges\.\d+\.gain$", n) for n in names):
-        return replace(config, aux="scaled-0.2")
-    return config
+    return replace(config, aux=design_of(config.aux, names))
 
 
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:

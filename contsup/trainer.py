@@ -29,6 +29,7 @@ import timm
 import torch
 
 from contsup.atomic import write_text_atomic
+from contsup.auxiliary.scaled import design_of
 from contsup.checkpoint import (
     LEGACY,
     POINTER,
@@ -357,8 +358,7 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
             convert_legacy(out, [name for name, _ in pipe.named_parameters()])
         state = load_checkpoint(out)
         _check_same_run(state, config, out / POINTER)
-        gains = [n for n in checkpoint_entries(out, state) if n.endswith(".gain")]
-        if config.aux == "scaled" and gains:
+        if design_of(config.aux, checkpoint_entries(out, state)) != config.aux:
             raise CheckpointError(
                 f"{out} was trained by contsup 0.2, whose scaled bridges had a gain that this "
                 "version's do not: resume it with contsup 0.2 (eval and export read it here)"

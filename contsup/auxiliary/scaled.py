@@ -38,7 +38,8 @@ GAP, and the b linear layers. ``0c1f`` is GAP -> Linear, as in the paper.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -52,12 +53,14 @@ from contsup.heads import linear_layers, parse_head
 __all__ = [
     "DESIGN",
     "LEGACY",
+    "LEGACY_STYLE",
     "BridgeStyle",
     "ImageEncoder",
     "BoundaryEncoder",
     "FusedBridge",
     "build_head",
     "ReconstructionDecoder",
+    "design_of",
 ]
 
 CONTEXT_WIDTH = 16  # channels each source's encoder adds to the boundary
@@ -116,7 +119,7 @@ class ImageEncoder(nn.Sequential):
                 *_act(IMAGE_HIDDEN, style.norm),
                 nn.Conv2d(IMAGE_HIDDEN, out, 3, padding=1),
                 *_act(out, style.norm),
-                pool_to(fine, target.with_grid(target.height, target.width)),
+                pool_to(fine, target),
             ]
         super().__init__(pool_to(image, fine), *convs)
 
@@ -188,9 +191,9 @@ class FusedBridge(nn.Module):
         if self.gain is not None:
             context = context * self.gain
         context = self.to_boundary(context)
-        if self.width == h.shape[1 if self.layout == "NCHW" else -1]:
-            return h + context
         dim = 1 if self.layout == "NCHW" else -1
+        if self.width == h.shape[dim]:
+            return h + context
         first, rest = h.split([self.width, h.shape[dim] - self.width], dim=dim)
         return torch.cat([first + context, rest], dim=dim)
 
@@ -262,11 +265,27 @@ class ReconstructionDecoder(nn.Sequential):
 DESIGN = register_design(AuxDesign("scaled", FusedBridge, build_head, ReconstructionDecoder))
 # contsup 0.2's default: the same, with a learned gain that starts at zero on every
 # bridge. Runs and exports of 0.2 hold those gains and rebuild with it.
+LEGACY_STYLE = BridgeStyle(gain="zero")
 LEGACY = register_design(
     AuxDesign(
         "scaled-0.2",
-        partial(FusedBridge, style=BridgeStyle(gain="zero")),
+        partial(FusedBridge, style=LEGACY_STYLE),
         build_head,
         ReconstructionDecoder,
     )
 )
+_LEGACY_GAIN = re.compile(r"bridges\.\d+\.gain$")
+
+
+def design_of(aux: str, names: Iterable[str]) -> str:
+    """The design that built tensors ``names`` of a run described as ``aux``: ``scaled``
+    tensors with a bridge gain are contsup 0.2's, ``scaled-0.2``.
+
+    Example::
+
+        >>> design_of("scaled", ["network.bridges.0.gain"]), design_of("scaled", ["stem.gain"])
+        ('scaled-0.2', 'scaled')
+    """
+    if aux == "scaled" and any(_LEGACY_GAIN.search(name) for name in names):
+        return LEGACY.name
+    return aux
