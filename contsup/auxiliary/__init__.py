@@ -67,14 +67,14 @@ def _designs() -> dict[str, AuxDesign]:
 
 
 def aux_designs() -> list[str]:
-    """The names ``aux=`` takes.
+    """The names ``aux=`` takes, sorted (registration order follows import order).
 
     Example::
 
         >>> aux_designs()[:2]
         ['paper', 'scaled']
     """
-    return list(_designs())
+    return sorted(_designs())
 
 
 def get_design(name: str) -> AuxDesign:
@@ -89,7 +89,7 @@ def get_design(name: str) -> AuxDesign:
     if name not in designs:
         raise ValueError(
             f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
-            f"size), 'paper' (the reference implementation's modules) or one of {list(designs)}"
+            f"size), 'paper' (the reference implementation's modules) or one of {aux_designs()}"
         )
     return designs[name]
 
