@@ -50,6 +50,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 QUICK = dict(train_images=9000, epochs=4, seeds=[0, 1])
 CORE = dict(train_images=12000, epochs=5, seeds=[0, 1, 2])
 RESNET32 = dict(model="resnet32", dataset="fashion_mnist", batch_size=128, lr=0.1)
+DECODER = [5.0, 0.0, 0.5, 1.0]  # the paper's K=16 CIFAR-10 loss scales
 RESNET18_64 = dict(model="resnet18", dataset="fashion_mnist:64", batch_size=64, lr=0.05)
 
 
@@ -76,6 +77,7 @@ def register_variants() -> None:
     styled("scaled+bn", norm=True)
     styled("scaled+allC", band=None, combine="sum")
     styled("scaled+nogain", gain="none")
+    styled("scaled+allC+bn", band=None, combine="sum", norm=True, gain="none")
     register_design(
         AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
                   scaled.ReconstructionDecoder)
@@ -135,6 +137,19 @@ def suites() -> dict[str, list[dict]]:
              baseline=f"quick/K16 R0 {'paper' if v.startswith('heads:paper') else 'scaled'}")
         for v in variants
     ]  # fmt: skip
+    # Beyond the ablation: normalised context over all channels, more sources, and
+    # the reconstruction decoder (the paper's K=16 CIFAR-10 loss scales) under both.
+    explore = [
+        _row("explore", {**QUICK, "seeds": [0, 1, 2]}, RESNET32, name, 16, context, aux,
+             baseline=baseline, **more)
+        for name, context, aux, baseline, more in (
+            ("K16 R1E scaled+allC+bn", "R1E", "scaled+allC+bn", "quick/K16 R0 scaled", {}),
+            ("K16 R2E scaled", "R2E", "scaled", "quick/K16 R0 scaled", {}),
+            ("K16 R0 scaled+decoder", "R0", "scaled", None, {"decoder": DECODER}),
+            ("K16 R1E scaled+decoder", "R1E", "scaled", "explore/K16 R0 scaled+decoder",
+             {"decoder": DECODER}),
+        )
+    ]  # fmt: skip
     fp32 = [
         _row("precision", {**QUICK, "seeds": [0]}, RESNET32, f"K16 {c} scaled", 16, c, "scaled",
              amp=None, channels_last=False)
@@ -146,6 +161,7 @@ def suites() -> dict[str, list[dict]]:
         "wide": wide,
         "ablation": ablation,
         "precision": fp32,
+        "explore": explore,
     }
 
 
@@ -199,6 +215,7 @@ def run_row(row: dict, seed: int, work: str) -> dict:
         device="cpu",
         amp=row["amp"],
         channels_last=row["channels_last"],
+        decoder=row.get("decoder"),
         seed=seed,
         out=str(out),
         tensorboard=False,
@@ -319,6 +336,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", nargs="*", default=["quick"], help="suites to run")
     parser.add_argument("--only", nargs="*", help="row names to run (default: all of the suite)")
+    parser.add_argument(
+        "--seeds",
+        nargs="*",
+        type=int,
+        help="seeds to run (default: the suite's); added to a row's saved seeds",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="processes, one thread each")
     parser.add_argument("--list", action="store_true", help="print the suites and rows")
     parser.add_argument("--report", action="store_true", help="only rewrite the .md and .png")
@@ -333,6 +356,8 @@ def main() -> None:
     todo = [] if args.report else [
         r for s in args.suite for r in table[s] if not args.only or r["name"] in args.only
     ]  # fmt: skip
+    if args.seeds:
+        todo = [{**r, "seeds": args.seeds} for r in todo]
     os.environ["OMP_NUM_THREADS"] = "1"  # before the workers start
     with tempfile.TemporaryDirectory() as work, ProcessPoolExecutor(args.jobs) as pool:
         futures = {
@@ -347,9 +372,11 @@ def main() -> None:
             if len(done[key]) == len(row["seeds"]):
                 import torch
 
+                saved = load_rows(path).get(key, {}).get("seeds", [])
+                kept = [s for s in saved if s["seed"] not in row["seeds"]]
                 results[key] = {
                     **row,
-                    "seeds": done[key],
+                    "seeds": sorted(kept + done[key], key=lambda s: s["seed"]),
                     "measured": f"{datetime.date.today()}, torch {torch.__version__}, "
                     "1 CPU thread per run",
                 }
