@@ -5,7 +5,7 @@ Two by name:
 * ``cosine`` (the default): a linear warm-up from a small fraction of the peak
   ``lr`` to ``lr``, then cosine decay. Every step is evaluated at its midpoint,
   so no step runs at lr 0 and a one-epoch run still trains.
-* ``paper``: the reference's per-epoch curve (PAPER.md, "Training setup"): a
+* ``paper``: the reference's per-epoch curve (docs/paper.md, "Training setup"): a
   warm-up that starts at 0.01 whatever the peak, and a cosine that reaches 0 at
   the last epoch. The paper recipes use it to reproduce the tables.
 

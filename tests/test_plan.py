@@ -43,7 +43,7 @@ def test_resnet110_memory_cuts_match_the_papers_shape():
         create("resnet110"), torch.randn(1, 3, 32, 32), k=4, objective="memory"
     )
     stages = [int(b.node[len("layer")]) for b in part.boundaries]
-    # PAPER.md's memory-balanced ResNet-110 K=4: [1,6] [1,14] [2,8]
+    # docs/paper.md's memory-balanced ResNet-110 K=4: [1,6] [1,14] [2,8]
     assert stages == [1, 1, 2]
     by_flops = partitioner.partition(create("resnet110"), torch.randn(1, 3, 32, 32), k=4)
     assert [int(b.node[len("layer")]) for b in by_flops.boundaries] != stages

@@ -82,7 +82,7 @@ PAPER_RECIPES = [p for p in RECIPES if p.stem.startswith(("t1_", "t2_", "t3_", "
 
 
 def test_paper_recipes_pin_the_papers_modules_and_cuts():
-    """T1-T4 and E* use aux paper and cut where PAPER.md's tables say, at cut points."""
+    """T1-T4 and E* use aux paper and cut where docs/paper.md's tables say, at cut points."""
     import torch
 
     import partitioner

@@ -3,7 +3,7 @@
 A design turns a boundary's ``Geometry`` into modules; the learner does the rest
 (which boundaries feed which, and what is detached). Two designs:
 
-* ``paper``: the reference implementation's modules, exactly (shared/PAPER.md).
+* ``paper``: the reference implementation's modules, exactly (docs/paper.md).
   Built for 32 px CIFAR: full-resolution encoders and heads as wide as the network.
 * ``scaled``: the default. Pools to the boundary's grid before anything learned
   runs, keeps widths small and fixed, and uses LayerNorm + token mean on token

@@ -1,4 +1,4 @@
-"""The paper's aux modules, as the reference implementation defines them (PAPER.md).
+"""The paper's aux modules, as the reference implementation defines them (docs/paper.md).
 
 Context encoders, for feature maps:
 
