@@ -10,8 +10,7 @@ import partitioner
 from contsup.auxiliary.paper import build_head
 from contsup.context import ContextMode, parse_context
 from contsup.geometry import FromMap, Geometry, pool_to
-from contsup.heads import parse_head
-from contsup.learner import recent_sources, wrap
+from contsup.learner import LocalLearner, recent_sources, wrap
 from contsup.losses import supervised_contrastive
 from contsup.memory import SavedTensorTracker
 from tests.conftest import create
@@ -298,9 +297,17 @@ def test_bad_arguments(kwargs, message):
         wrap(create("resnet20"), **kwargs)
 
 
-def test_wrap_is_exported_at_top_level():
+def test_public_api_is_exported_at_top_level():
     assert contsup.wrap is wrap
-    assert parse_head("1c2f") == (1, 2)
+    assert contsup.LocalLearner is LocalLearner
+    from contsup.distributed import pipeline
+    from contsup.runs import load
+
+    assert contsup.load is load and contsup.distributed.pipeline is pipeline
+    for name in contsup.__all__:
+        assert getattr(contsup, name) is not None, name
+    with pytest.raises(AttributeError):
+        contsup.no_such_name  # noqa: B018
 
 
 def test_exported_network_pickles_and_default_input_follows_img_size(tmp_path):

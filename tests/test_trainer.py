@@ -272,7 +272,13 @@ def test_bf16_autocast_step_runs():
     from tests.conftest import create
 
     learner = wrap(create("resnet20"), 3, context="R1E")
-    step = learner.local_backward(
-        torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), autocast=torch.bfloat16
-    )
+    dtypes = []
+    for segment in learner.segments:
+        segment.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    step = learner.local_backward(x, y, autocast=torch.bfloat16)
+    assert dtypes == [torch.bfloat16] * 3
     assert all(math.isfinite(v) for v in step.losses)
+    # The parameters stay float32 and receive float32 gradients.
+    grads = [p.grad for p in learner.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)
