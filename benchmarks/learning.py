@@ -219,6 +219,7 @@ def run_row(row: dict, seed: int, work: str) -> dict:
         seed=seed,
         out=str(out),
         tensorboard=False,
+        threads=1,  # the trainer would take the idle cores, and runs repeat per thread count
     )
     started = time.perf_counter()
     train(config)
