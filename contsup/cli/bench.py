@@ -39,29 +39,13 @@ def bench(
     """
     with user_errors():
         import timm
-        import torch
 
-        import partitioner
-        from contsup.auxiliary import get_design
         from contsup.bench import run_bench
-        from contsup.context import parse_context
         from contsup.devices import check_device
-        from contsup.heads import parse_head
         from contsup.models.lookup import create_model
         from contsup.tables import print_bench_table
 
-        ks = int_list(k, "--k")
-        try:
-            contexts = [str(parse_context(c)) for c in context.split(",")]
-            get_design(aux)
-            parse_head(head)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-        partitioner.check_objective(objective)
-        if objective == "time":  # predictions come from the meta device, which has no clock
-            raise UserError("bench balances cuts by flops, memory or params, not time")
-        if batch_size < 2 or steps < 1:
-            raise UserError("--batch-size must be at least 2 and --steps at least 1")
+        ks, contexts = _checked_options(k, context, aux, head, objective, batch_size, steps)
         check_device(device)
         size = tuple(input_size or create_model(model).pretrained_cfg["input_size"])
         report = stderr if as_json else stdout
@@ -96,8 +80,7 @@ def bench(
         except ValueError as error:
             raise UserError(str(error)) from error
         result = {
-            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-            "torch": torch.__version__,
+            **_machine(device),
             "model": model,
             "batch_size": batch_size,
             "input_size": list(size),
@@ -109,3 +92,35 @@ def bench(
             print(json.dumps(result))
         else:
             print_bench_table(stdout, result)
+
+
+def _checked_options(
+    k: str, context: str, aux: str, head: str, objective: str, batch_size: int, steps: int
+) -> tuple[list[int], list[str]]:
+    """The K values and context modes asked for; UserError for any option that is wrong."""
+    import partitioner
+    from contsup.auxiliary import get_design
+    from contsup.context import parse_context
+    from contsup.heads import parse_head
+
+    ks = int_list(k, "--k")
+    try:
+        contexts = [str(parse_context(c)) for c in context.split(",")]
+        get_design(aux)
+        parse_head(head)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    partitioner.check_objective(objective)
+    if objective == "time":  # predictions come from the meta device, which has no clock
+        raise UserError("bench balances cuts by flops, memory or params, not time")
+    if batch_size < 2 or steps < 1:
+        raise UserError("--batch-size must be at least 2 and --steps at least 1")
+    return ks, contexts
+
+
+def _machine(device: str) -> dict[str, str]:
+    """What the numbers were measured on: the device's name and torch's version."""
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    return {"device": name, "torch": torch.__version__}
