@@ -26,7 +26,7 @@ import yaml
 from contsup.errors import ContsupError
 from contsup.trainer import TrainConfig
 
-__all__ = ["RecipeError", "Recipe", "load_recipe", "check_fields"]
+__all__ = ["RecipeError", "Recipe", "load_recipe", "check_fields", "given_fields", "runs_to_train"]
 
 
 class RecipeError(ContsupError):
@@ -109,3 +109,52 @@ def load_recipe(path: str | Path) -> Recipe:
     if len(set(names)) != len(names):
         raise RecipeError(f"{path}: run names must be unique")
     return Recipe(description, data, named)
+
+
+def given_fields(options: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields a command line gave (None: not given), as a recipe writes them.
+
+    Example::
+
+        >>> given_fields({"model": "resnet20", "k": None, "cuts": "a, b", "plan": None})
+        {'model': 'resnet20', 'cuts': ['a', 'b'], 'plan': None}
+
+    Cuts arrive comma-separated; cuts and a plan each replace the other's recipe value.
+    """
+    given = {name: value for name, value in options.items() if value is not None}
+    if options.get("cuts") is not None:
+        cuts = options["cuts"]
+        given.update(cuts=[c.strip() for c in cuts.split(",") if c.strip()], plan=None)
+    if options.get("plan") is not None:
+        given["cuts"] = None
+    return given
+
+
+def runs_to_train(
+    recipe: str | Path | None, run: str | None, given: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(name, TrainConfig fields) of each run to train: the recipe's base, then the run's
+    overrides, then ``given``; one unnamed run of ``given`` alone without a recipe.
+
+    Example::
+
+        runs_to_train("recipes/digits.yaml", None, {"epochs": 1})  # [("", {..., "epochs": 1})]
+
+    ``run`` keeps only the run of that name. A named run trains in its own directory,
+    ``out/<name>``, where ``out`` defaults to ``runs/<recipe name>``.
+    """
+    book = load_recipe(recipe) if recipe else None
+    runs = book.runs if book else [("", {})]
+    if run is not None:
+        runs = [r for r in runs if r[0] == run]
+        if not runs:
+            names = ", ".join(n for n, _ in book.runs) if book else "none without --recipe"
+            raise RecipeError(f"no run named {run!r}; runs: {names}")
+    check_fields(given, "command line")
+    merged = []
+    for name, overrides in runs:
+        values = {**(book.base if book else {}), **overrides, **given}
+        if book and name:
+            values["out"] = str(Path(values.get("out") or Path("runs") / Path(recipe).stem) / name)
+        merged.append((name, values))
+    return merged

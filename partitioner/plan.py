@@ -532,6 +532,35 @@ class Partition(nn.Module):
             indent=2,
         )
 
+    def summary(self, **metadata: Any) -> dict[str, Any]:
+        """The plan's headline as a dict (``contsup split --json``): K, objective,
+        imbalance and per segment its nodes, costs and output shape (plus ``metadata``).
+
+        Example::
+
+            part.summary(model="resnet20")["segments"][0]["flops"]
+
+        ``to_json`` is the plan to re-apply; this is what to read (no cuts or boundaries).
+        """
+        return {
+            **metadata,
+            "k": self.k,
+            "objective": self.objective,
+            "imbalance": self.imbalance,
+            "segments": [
+                {
+                    "index": i,
+                    "first_node": s.first_node,
+                    "last_node": s.last_node,
+                    "params": s.params,
+                    "flops": s.flops,
+                    "activation_bytes": s.activation_bytes,
+                    "output_shape": list(s.output_shape) if s.output_shape else None,
+                }
+                for i, s in enumerate(self.stats)
+            ],
+        }
+
     @classmethod
     def from_json(
         cls, text: str, model: nn.Module, example_input: torch.Tensor | None = None, **kwargs: Any

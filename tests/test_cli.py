@@ -120,7 +120,7 @@ def test_split_plans_for_grayscale_inputs_and_train_takes_the_plan(tmp_path):
 def test_train_prints_its_plan_first_and_progress_lines_when_not_a_terminal(tmp_path, monkeypatch):
     import contsup.cli
 
-    monkeypatch.setattr(contsup.cli, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(contsup.cli.train, "PROGRESS_SECONDS", 0.0)
     result = run(
         "train", "resnet20", "--k", "2", "--dataset", "synthetic", "--epochs", "1",
         "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "run"), "--no-tensorboard",
@@ -151,7 +151,7 @@ def test_untraceable_model_exits_2(monkeypatch):
 
     model = WithDynamicBlock()
     model.pretrained_cfg = {"input_size": (4,)}
-    monkeypatch.setattr("contsup.cli.create_model", lambda name, **options: model)
+    monkeypatch.setattr("contsup.planning.create_model", lambda name, **options: model)
     result = run("split", "dynamic", "--k", "2")
     assert result.exit_code == 2
     assert "cannot trace module 'gate' (DataDependent)" in " ".join(result.output.split())

@@ -15,7 +15,7 @@ from contsup.trainer import TrainConfig, train
 @pytest.fixture(autouse=True)
 def _no_system_fashion_mnist(tmp_path, monkeypatch):
     # Never read a real /usr/share/datasets/fashion-mnist; tests that want one write it here.
-    monkeypatch.setattr(contsup.data, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr(contsup.data.mnist, "SYSTEM_FASHION_MNIST", tmp_path / "system")
 
 
 def test_digits_is_offline_fixed_and_cifar_shaped():

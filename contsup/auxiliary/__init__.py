@@ -60,12 +60,6 @@ def register_design(design: AuxDesign) -> AuxDesign:
     return design
 
 
-def _designs() -> dict[str, AuxDesign]:
-    from contsup.auxiliary import paper, scaled  # noqa: F401  (they register themselves)
-
-    return _REGISTERED
-
-
 def aux_designs() -> list[str]:
     """The names ``aux=`` takes, sorted (registration order follows import order).
 
@@ -74,7 +68,7 @@ def aux_designs() -> list[str]:
         >>> aux_designs()[:2]
         ['paper', 'scaled']
     """
-    return sorted(_designs())
+    return sorted(_REGISTERED)
 
 
 def get_design(name: str) -> AuxDesign:
@@ -85,13 +79,12 @@ def get_design(name: str) -> AuxDesign:
         >>> get_design("paper").name
         'paper'
     """
-    designs = _designs()
-    if name not in designs:
+    if name not in _REGISTERED:
         raise ValueError(
             f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
             f"size), 'paper' (the reference implementation's modules) or one of {aux_designs()}"
         )
-    return designs[name]
+    return _REGISTERED[name]
 
 
 @dataclass(frozen=True)
@@ -121,3 +114,7 @@ class AuxConfig:
         decoder = design.decoder(target, self.image) if self.decoder else None
         bridge = design.bridge(target, sources, self.image if self.mode.image else None)
         return head, decoder, bridge
+
+
+# The built-in designs register themselves; imported last, as they build on the names above.
+from contsup.auxiliary import paper, scaled  # noqa: E402, F401

@@ -1,0 +1,5 @@
+"""``python -m contsup.cli``: the command line."""
+
+from contsup.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""``contsup train``: train a model, or each run of a recipe, with local learning."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contsup.cli.common import UserError, app, print_error, stderr, stdout, user_errors
+
+__all__ = ["train"]
+
+PROGRESS_SECONDS = 30.0  # how often a run writes a progress line when not on a terminal
+# The options that steer the command rather than the training configuration.
+COMMAND_OPTIONS = ("recipe", "run", "resume", "as_json")
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="timm model name (or from --recipe)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="number of segments")] = None,
+    context: Annotated[str | None, typer.Option(help="R0 | E | Rn | RnE")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="cifar10 | cifar100 | svhn | stl10 | digits | mnist[:SIZE] | fashion_mnist[:SIZE]"
+            " | synthetic[:CxHxW] | imagefolder:PATH"
+        ),
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="YAML recipe (recipes/)")] = None,
+    run: Annotated[str | None, typer.Option(help="only this run of a multi-run recipe")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="cosine (per step, the default) | paper (the reference's, per epoch)"),
+    ] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option(help="default: a sixteenth of the run")
+    ] = None,
+    aux: Annotated[
+        str | None, typer.Option(help="heads and bridges: scaled (default) | paper")
+    ] = None,
+    head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
+    local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,
+    objective: Annotated[str | None, typer.Option(help="what the cuts balance")] = None,
+    cuts: Annotated[
+        str | None,
+        typer.Option(help="cut after these nodes, comma-separated (K follows from them)"),
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="cut where a plan from `contsup split --save` says")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    amp: Annotated[str | None, typer.Option(help="bf16")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last", help="NHWC memory")
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile", help="torch.compile each part")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="where datasets live")] = None,
+    download: Annotated[bool | None, typer.Option("--download", help="fetch missing data")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (large datasets)")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads (default: the idle cores); results repeat at the same count"
+        ),
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="run directory")] = None,
+    pipeline: Annotated[
+        int | None,
+        typer.Option(help="pipeline stages, one process each (under torchrun; the rest is dp)"),
+    ] = None,
+    pipeline_balance: Annotated[
+        str | None, typer.Option(help="what stages balance: time (measured) | cost")
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard",
+            help="TensorBoard event files in --out (default: when tensorboard is installed)",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the checkpoint in --out")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="last stdout line is one JSON object")
+    ] = False,
+) -> None:
+    """Train MODEL with greedy local learning and context supply."""
+    # The options by name, as TrainConfig and recipes name them (None: not given), in the
+    # signature's order, so that the first bad field reported is the same on every call.
+    names = [p.name for p in ctx.command.params if p.name not in COMMAND_OPTIONS]
+    options = {name: ctx.params[name] for name in names}
+    with user_errors():
+        from contsup.recipes import given_fields, runs_to_train
+
+        if amp not in (None, "bf16"):
+            raise UserError(f"--amp takes bf16, got {amp!r}")
+        for name, values in runs_to_train(recipe, run, given_fields(options)):
+            summary = _train_one(values, resume, as_json, label=name)
+            if as_json and summary is not None:
+                print(json.dumps(summary))
+
+
+def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | None:
+    """Train one run; None on ranks other than global rank 0, which do not report."""
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from contsup.devices import check_device
+    from contsup.distributed import RankLost
+    from contsup.models.lookup import check_model_name
+    from contsup.trainer import TrainConfig, TrainingDiverged, train
+
+    config = TrainConfig(**values)
+    check_model_name(config.model)
+    check_device(config.device)
+    main = os.environ.get("RANK", "0") == "0"
+    report = stderr if as_json else stdout
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
+        console=stderr,
+        transient=True,
+        disable=not main,
+    )
+    task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
+    if main:
+        report.print(_run_line(config, label), highlight=False, soft_wrap=True)
+    # A log file or a cluster job sees no progress bar: a plain line every 30 s instead.
+    plain = not stderr.is_terminal
+    last_line = [time.monotonic()]
+
+    def on_step(step, steps, losses, images_per_s):
+        progress.update(task, completed=step, total=steps, loss=losses[-1], ips=images_per_s)
+        if plain and main and time.monotonic() - last_line[0] >= PROGRESS_SECONDS:
+            last_line[0] = time.monotonic()
+            report.print(
+                f"{label + ' ' if label else ''}step {step}/{steps}  loss {losses[-1]:.4f}  "
+                f"{images_per_s:.0f} img/s",
+                highlight=False,
+            )
+
+    def on_epoch(m):
+        report.print(
+            f"{label + ' ' if label else ''}epoch {m['epoch']}/{config.epochs}  "
+            f"loss {m['train_loss']:.4f}  test acc {m['test_accuracy']:.4f}  "
+            f"lr {m['lr']:.4g}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
+            highlight=False,
+        )
+
+    try:
+        with progress:
+            summary = train(config, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    except (TrainingDiverged, RankLost) as error:
+        print_error(error)
+        raise typer.Exit(1) from None
+    except ValueError as error:  # wrap's checks of context, head, loss and decoder
+        raise UserError(str(error)) from error
+    if not main:
+        return None
+    report.print(
+        f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
+        f"run in {summary['out_dir']}",
+        highlight=False,
+    )
+    return summary
+
+
+def _run_line(config, label: str) -> str:
+    """What a run is about to do, printed before anything slow starts."""
+    from contsup.trainer import default_threads, resolve_device
+
+    device = resolve_device(config.device)
+    threads = f" with {config.threads or default_threads()} threads" if device.type == "cpu" else ""
+    cut = f"K={config.k}"
+    if config.cuts:
+        cut = f"{len(config.cuts) + 1} segments at given cuts"
+    elif config.plan:
+        cut = f"cut as {config.plan} says"
+    return (
+        f"{label + ': ' if label else ''}{config.model} {cut}, context {config.context}, "
+        f"aux {config.aux}, on {config.dataset}: {config.epochs} epochs of batch "
+        f"{config.batch_size}, lr {config.lr} ({config.schedule}), on {device}{threads}; "
+        f"run in {config.out_dir()}"
+    )

@@ -1,0 +1,128 @@
+"""Where to cut a timm model by name, and what its segments and aux modules cost:
+the library behind ``contsup split``.
+
+Example::
+
+    plan = plan_split("resnet32", k=4, context="R1E")
+    summary = split_summary(plan)      # the ``contsup split --json`` object
+    summary["aux_fractions"]["params"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+import partitioner
+from contsup.errors import ContsupError
+from contsup.models.lookup import create_model
+
+__all__ = ["SplitError", "SplitPlan", "plan_split", "split_summary"]
+
+
+class SplitError(ContsupError):
+    """A context, aux design or head that cannot price this model's boundaries."""
+
+
+@dataclass
+class SplitPlan:
+    """A model's cuts, with what was analysed to find them."""
+
+    model: str
+    net: nn.Module
+    analysis: partitioner.Analysis
+    partition: partitioner.Partition
+    config: Any  # the AuxConfig priced with the segments, or None without a context
+
+
+def plan_split(
+    model: str,
+    *,
+    k: int = 4,
+    objective: str = "flops",
+    input_size: tuple[int, int, int] | None = None,
+    batch_size: int = 32,
+    max_boundary_tensors: int = 1,
+    context: str | None = None,
+    aux: str = "scaled",
+    head: str = "1c2f",
+) -> SplitPlan:
+    """Cut the timm model ``model`` into ``k`` segments balanced by ``objective``.
+
+    Example::
+
+        plan = plan_split("resnet110", k=16, objective="memory")
+        plan.partition.imbalance, plan.partition.to_json(model="resnet110")
+
+    With ``context`` the heads and bridges of that context mode (``aux``, ``head``)
+    count in the balance, as ``wrap`` would build them. The model is built on the
+    meta device unless ``objective`` is ``time``, which needs real weights.
+    """
+    import torch
+
+    partitioner.check_objective(objective)
+    net = create_model(model, meta=objective != "time", input_size=input_size)
+    size = tuple(input_size or net.pretrained_cfg["input_size"])
+    device = next(net.parameters(), torch.empty(0)).device
+    x = torch.zeros((batch_size, *size), device=device)
+    analysis = partitioner.analyze(
+        net, x, measure_time=objective == "time", max_boundary_tensors=max_boundary_tensors
+    )
+    config = _aux_config(net, x, context, aux, head) if context is not None else None
+    hook = None
+    if config is not None and objective != "time":
+        from contsup.learner import balance_hook
+
+        hook = balance_hook(net, x, objective, config)
+    part = analysis.partition(k, objective, extra_cost=hook)
+    return SplitPlan(model, net, analysis, part, config)
+
+
+def split_summary(plan: SplitPlan) -> dict[str, Any]:
+    """The ``contsup split --json`` object: ``Partition.summary``, and with a context
+    each segment's aux parameters, FLOPs and saved bytes (its head and input bridge).
+
+    Example::
+
+        split_summary(plan_split("resnet20", k=2))["segments"][1]["output_shape"]  # [32, 10]
+    """
+    summary = plan.partition.summary(model=plan.model)
+    if plan.config is not None:
+        _add_aux_budget(summary, plan)
+    return summary
+
+
+def _aux_config(net: nn.Module, x, context: str, aux: str, head: str):
+    """The ``AuxConfig`` that ``split --context`` prices, as ``wrap`` would build it."""
+    from contsup.learner import aux_config
+
+    try:
+        classes = getattr(net, "num_classes", 0) or 1000
+        return aux_config(net, x, context=context, aux=aux, head=head, num_classes=classes)
+    except ValueError as error:
+        raise SplitError(str(error)) from error
+
+
+def _add_aux_budget(summary: dict[str, Any], plan: SplitPlan) -> None:
+    from contsup.budget import aux_budget
+    from contsup.geometry import geometry_of
+
+    part, config = plan.partition, plan.config
+    try:
+        geometries = [geometry_of(b.tensors[0], plan.net) for b in part.boundaries]
+    except ValueError as error:
+        raise SplitError(str(error)) from error
+    budget = aux_budget(config, geometries, part.stats, part.input_shape[0])
+    summary.update(context=str(config.mode), aux=config.design, head=config.head)
+    summary["aux_fractions"] = budget.fractions()
+    for row, head, bridge in zip(summary["segments"], budget.heads, budget.bridges):
+        row.update(
+            head_params=head.params,
+            head_flops=head.flops,
+            head_saved_bytes=head.saved_bytes,
+            bridge_params=bridge.params,
+            bridge_flops=bridge.flops,
+            bridge_saved_bytes=bridge.saved_bytes,
+        )
