@@ -12,8 +12,6 @@ By default an exported model takes images in [0, 1] and normalises them itself
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contsup.atomic import write_atomic
 from contsup.auxiliary.scaled import design_of
 from contsup.checkpoint import (
     LEGACY,
@@ -171,23 +170,7 @@ def _write_new(out: Path, force: bool, write) -> None:
     without ``force``."""
     if out.exists() and not force:
         raise ExportError(f"{out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: torch.export.save checks it.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomic(out, write, suffix=f".tmp{out.suffix}")  # torch.export.save checks the suffix
 
 
 def _recipe(run: Run, raw_input: bool) -> dict:
