@@ -31,10 +31,11 @@ from contsup.checkpoint import (
     load_tensors,
     read_legacy,
 )
+from contsup.config import REBUILD, TrainConfig
 from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
 from contsup.learner import ContextNetwork, LocalLearner
-from contsup.trainer import TrainConfig, build_learner, cut_nodes
+from contsup.trainer import build_learner, cut_nodes
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -51,8 +52,6 @@ SAFETENSORS_VERSION = 1
 # What the exported model takes, in the safetensors header's "input" field. Files of
 # contsup 0.2 have no such field: their model takes normalised images.
 RAW, NORMALIZED = "raw", "normalized"
-# The config fields that shape the inference model (with the cuts and the data's shape).
-REBUILD = ("model", "model_kwargs", "context", "aux", "head", "local_loss", "decoder")
 
 
 class ExportError(ContsupError):

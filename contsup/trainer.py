@@ -21,9 +21,8 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
@@ -44,8 +43,8 @@ from contsup.checkpoint import (
     set_rng_state,
     tensors_dir,
 )
+from contsup.config import IDENTITY, TrainConfig
 from contsup.data import (
-    DEFAULT_DATA_DIR,
     Batches,
     DatasetInfo,
     info_record,
@@ -62,78 +61,6 @@ from partitioner import PartitionError
 from partitioner.plan import read_plan
 
 __all__ = ["TrainConfig", "TrainingDiverged", "default_threads", "train"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; defaults follow the paper (PAPER.md) where it has one."""
-
-    model: str = "resnet32"
-    k: int = 4
-    context: str = "E"
-    aux: str = "scaled"
-    head: str = "1c2f"
-    local_loss: str = "ce"
-    decoder: list[float] | None = None
-    objective: str = "flops"
-    cuts: list[str] | None = None
-    plan: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    train_images: int | None = None
-    test_images: int | None = None
-    data_dir: str = DEFAULT_DATA_DIR
-    download: bool = False
-    workers: int = 4
-    epochs: int = 160
-    batch_size: int = 1024
-    lr: float = 0.8
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # per step; "paper": the reference's per-epoch curve
-    warmup_epochs: float | None = None  # None: a sixteenth of the run (the paper's 10 of 160)
-    device: str = "auto"
-    amp: str | None = None
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    out: str | None = None
-    pipeline: int = 1
-    pipeline_balance: str = "time"
-    tensorboard: bool | None = None  # None: when the tensorboard package is installed
-    threads: int | None = None  # CPU threads; None: the idle cores (``default_threads``)
-
-    # Changing these between a checkpoint and its resume would make a different run.
-    IDENTITY = (
-        "model",
-        "k",
-        "context",
-        "aux",
-        "head",
-        "local_loss",
-        "decoder",
-        "objective",
-        "cuts",
-        "plan",
-        "model_kwargs",
-        "dataset",
-        "train_images",
-        "test_images",
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "nesterov",
-        "weight_decay",
-        "schedule",
-        "warmup_epochs",
-        "seed",
-    )
-
-    def out_dir(self) -> Path:
-        name = f"{self.model}-k{self.k}-{self.context}-{self.dataset.replace(':', '_')}"
-        return Path(self.out or Path("runs") / name)
 
 
 class TrainingDiverged(RuntimeError):
@@ -502,7 +429,7 @@ def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
     # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs.
     saved = _effective({"schedule": "paper", **saved})
     current = _effective(asdict(config))
-    changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
+    changed = [name for name in IDENTITY if saved.get(name) != current[name]]
     if changed == ["epochs"]:
         raise CheckpointError(
             f"{path} is a run of {saved['epochs']} epochs; its learning-rate schedule is set "
