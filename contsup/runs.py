@@ -21,6 +21,7 @@ from torch import nn
 
 from contsup.atomic import write_atomic
 from contsup.auxiliary.scaled import design_of
+from contsup.building import build_learner, cut_nodes
 from contsup.checkpoint import (
     LEGACY,
     POINTER,
@@ -35,7 +36,6 @@ from contsup.config import REBUILD, TrainConfig
 from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
 from contsup.learner import ContextNetwork, LocalLearner
-from contsup.trainer import build_learner, cut_nodes
 
 __all__ = [
     "EXPORT_FORMATS",
