@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from contsup.atomic import write_atomic
-from contsup.auxiliary.scaled import design_of
 from contsup.building import build_learner, cut_nodes
 from contsup.checkpoint import (
     LEGACY,
@@ -32,6 +31,7 @@ from contsup.checkpoint import (
     load_tensors,
     read_legacy,
 )
+from contsup.checkpoint_manager import is_legacy, saved_config, with_legacy_design
 from contsup.config import REBUILD, TrainConfig
 from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
@@ -45,6 +45,7 @@ __all__ = [
     "export_run",
     "load",
     "open_run",
+    "with_legacy_design",
 ]
 
 EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
@@ -92,14 +93,6 @@ class Run:
     info: DatasetInfo
 
 
-def _config(saved: dict, path: Path) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    try:
-        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    except TypeError as error:
-        raise CheckpointError(f"{path} holds a config this contsup cannot read") from error
-
-
 def _info(state: dict, config: TrainConfig) -> DatasetInfo:
     """The data's shape and normalisation, from the checkpoint (or, for older ones, the name)."""
     if "data" not in state:  # written before checkpoints recorded it
@@ -123,17 +116,6 @@ def _rebuild(
         ) from error
 
 
-def with_legacy_design(config: TrainConfig, names) -> TrainConfig:
-    """``config``, with the design that built tensors ``names``: a run or export of
-    contsup 0.2 whose scaled bridges hold a gain rebuilds as ``scaled-0.2``.
-
-    Example::
-
-        config = with_legacy_design(config, ["network.bridges.0.gain", ...])
-    """
-    return replace(config, aux=design_of(config.aux, names))
-
-
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     """The learner a run trained, with its last (or ``best``) checkpoint's weights, on the CPU.
 
@@ -149,13 +131,12 @@ def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a run directory")
-    legacy = not (path / POINTER).exists() and (path / LEGACY).exists()
-    if legacy:  # the old config says how to build the learner whose names convert it
-        config = _config(read_legacy(path / LEGACY)["config"], path / LEGACY)
+    if is_legacy(path):  # the old config says how to build the learner whose names convert it
+        config = saved_config(read_legacy(path / LEGACY)["config"], path / LEGACY)
         learner = _rebuild(config, parse_dataset(config.dataset)[0], None, path / LEGACY)
         convert_legacy(path, [name for name, _ in learner.named_parameters()])
     state = load_checkpoint(path, best=best)
-    config = _config(state.get("config") or {}, path / POINTER)
+    config = saved_config(state.get("config") or {}, path / POINTER)
     config = with_legacy_design(config, checkpoint_entries(path, state))
     info = _info(state, config)
     learner = _rebuild(config, info, state.get("cuts"), path / POINTER)
