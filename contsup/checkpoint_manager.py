@@ -5,9 +5,10 @@ pointer). ``CheckpointManager`` decides which: it refuses to overwrite a run or 
 resume a directory without one, checks that a resumed checkpoint is the same run
 (``IDENTITY``), names each tensor by one process's names, and keeps the best
 epoch's tensors. Runs of older contsup are handled here only: a ``checkpoint.pt``
-of contsup < 0.2 is converted on resume, and a run of contsup 0.2,
-whose scaled bridges had a gain, rebuilds with that design (``with_legacy_design``)
-but cannot resume under today's.
+of contsup < 0.2 is converted on resume or when opened (``convert_legacy_run``),
+and a run of contsup 0.2, whose scaled bridges had a gain, rebuilds with that
+design (``with_legacy_design``) but cannot resume under today's. ``saved_config``
+and ``rebuild_learner`` read a saved run's model back for ``contsup.runs``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from contsup.auxiliary.scaled import design_of
+from contsup.building import build_learner
 from contsup.checkpoint import (
     LEGACY,
     POINTER,
@@ -34,17 +36,20 @@ from contsup.checkpoint import (
     tensors_dir,
 )
 from contsup.config import IDENTITY, TrainConfig
-from contsup.data import DatasetInfo, info_record
+from contsup.data import DatasetInfo, info_record, parse_dataset
 from contsup.metrics import EpochRecord
 from contsup.schedule import warmup_epochs
 
 if TYPE_CHECKING:
     from contsup.distributed import Pipeline
+    from contsup.learner import LocalLearner
 
 __all__ = [
     "CheckpointManager",
     "check_same_run",
+    "convert_legacy_run",
     "is_legacy",
+    "rebuild_learner",
     "saved_config",
     "with_legacy_design",
 ]
@@ -234,6 +239,44 @@ def is_legacy(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run of contsup < 0.2 not yet converted (only a
     ``checkpoint.pt``)."""
     return not (run_dir / POINTER).exists() and (run_dir / LEGACY).exists()
+
+
+def convert_legacy_run(run_dir: Path) -> None:
+    """Give a run of contsup < 0.2 in ``run_dir`` today's checkpoint (its ``checkpoint.pt``
+    is kept); nothing if it has one.
+
+    Example::
+
+        convert_legacy_run(Path("runs/old"))
+        state = load_checkpoint("runs/old")
+
+    The learner its own config builds names the old file's tensors. A trainer under
+    torchrun cannot convert (one process must), so it resumes through ``resume``.
+    """
+    if not is_legacy(run_dir):
+        return
+    path = run_dir / LEGACY
+    config = saved_config(read_legacy(path)["config"], path)
+    learner = rebuild_learner(config, parse_dataset(config.dataset)[0], None, path)
+    convert_legacy(run_dir, [name for name, _ in learner.named_parameters()])
+
+
+def rebuild_learner(
+    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None, source: Path
+) -> LocalLearner:
+    """``build_learner``, with a file's description of the model that does not build
+    (an unknown model or context, cuts that are not in the graph) as one sentence.
+
+    Example::
+
+        learner = rebuild_learner(config, info, state["cuts"], out / "checkpoint.json")
+    """
+    try:
+        return build_learner(config, info, cuts=cuts)
+    except (ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise CheckpointError(
+            f"{source} describes a model that cannot be built: {error}"
+        ) from error
 
 
 def with_legacy_design(config: TrainConfig, names) -> TrainConfig:

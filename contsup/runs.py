@@ -20,18 +20,20 @@ import torch
 from torch import nn
 
 from contsup.atomic import write_atomic
-from contsup.building import build_learner, cut_nodes
+from contsup.building import cut_nodes
 from contsup.checkpoint import (
-    LEGACY,
     POINTER,
     CheckpointError,
     checkpoint_entries,
-    convert_legacy,
     load_checkpoint,
     load_tensors,
-    read_legacy,
 )
-from contsup.checkpoint_manager import is_legacy, saved_config, with_legacy_design
+from contsup.checkpoint_manager import (
+    convert_legacy_run,
+    rebuild_learner,
+    saved_config,
+    with_legacy_design,
+)
 from contsup.config import REBUILD, TrainConfig
 from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
@@ -103,19 +105,6 @@ def _info(state: dict, config: TrainConfig) -> DatasetInfo:
         raise CheckpointError("the checkpoint's data record is malformed") from error
 
 
-def _rebuild(
-    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None, source: Path
-) -> LocalLearner:
-    """``build_learner``, with a file's description of the model that does not build
-    (an unknown model or context, cuts that are not in the graph) as one sentence."""
-    try:
-        return build_learner(config, info, cuts=cuts)
-    except (ValueError, RuntimeError, TypeError, KeyError) as error:
-        raise CheckpointError(
-            f"{source} describes a model that cannot be built: {error}"
-        ) from error
-
-
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     """The learner a run trained, with its last (or ``best``) checkpoint's weights, on the CPU.
 
@@ -131,15 +120,12 @@ def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a run directory")
-    if is_legacy(path):  # the old config says how to build the learner whose names convert it
-        config = saved_config(read_legacy(path / LEGACY)["config"], path / LEGACY)
-        learner = _rebuild(config, parse_dataset(config.dataset)[0], None, path / LEGACY)
-        convert_legacy(path, [name for name, _ in learner.named_parameters()])
+    convert_legacy_run(path)
     state = load_checkpoint(path, best=best)
     config = saved_config(state.get("config") or {}, path / POINTER)
     config = with_legacy_design(config, checkpoint_entries(path, state))
     info = _info(state, config)
-    learner = _rebuild(config, info, state.get("cuts"), path / POINTER)
+    learner = rebuild_learner(config, info, state.get("cuts"), path / POINTER)
     tensors = {f"learner.{name}": t for name, t in learner.state_dict().items()}
     load_tensors(path, state, tensors)
     return Run(path, config, state, learner, info)
@@ -273,7 +259,7 @@ def load(path: str | Path, *, raw_input: bool | None = None) -> nn.Module:
             f"{path} says its model takes {exported!r} input; expected raw or normalized"
         )
     try:
-        net = _rebuild(config, info, cuts, path).export()
+        net = rebuild_learner(config, info, cuts, path).export()
     except CheckpointError as error:
         raise ExportError(str(error)) from error
     try:
