@@ -195,6 +195,7 @@ def run_row(row: dict, seed: int, work: str) -> dict:
 
     torch.set_num_threads(1)
     register_variants()
+    from contsup.metrics import read_metrics
     from contsup.trainer import TrainConfig, train
 
     out = Path(work) / f"{row['suite']}-{row['name'].replace(' ', '_').replace(':', '_')}-{seed}"
@@ -224,13 +225,13 @@ def run_row(row: dict, seed: int, work: str) -> dict:
     started = time.perf_counter()
     train(config)
     seconds = time.perf_counter() - started
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(out)
     return {
         "seed": seed,
         "seconds": seconds,
-        "test_accuracy": metrics[-1]["test_accuracy"],
-        "curve": [m["test_accuracy"] for m in metrics],
-        "head_accuracies": metrics[-1]["head_accuracies"],
+        "test_accuracy": metrics[-1].test_accuracy,
+        "curve": [m.test_accuracy for m in metrics],
+        "head_accuracies": metrics[-1].head_test_accuracies,
     }
 
 

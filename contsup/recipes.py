@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from contsup.config import TrainConfig
 from contsup.errors import ContsupError
-from contsup.trainer import TrainConfig
 
 __all__ = ["RecipeError", "Recipe", "load_recipe", "check_fields", "given_fields", "runs_to_train"]
 

@@ -12,30 +12,32 @@ By default an exported model takes images in [0, 1] and normalises them itself
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from contsup.auxiliary.scaled import design_of
+from contsup.atomic import write_atomic
+from contsup.building import cut_nodes
 from contsup.checkpoint import (
-    LEGACY,
     POINTER,
     CheckpointError,
     checkpoint_entries,
-    convert_legacy,
     load_checkpoint,
     load_tensors,
-    read_legacy,
 )
+from contsup.checkpoint_manager import (
+    convert_legacy_run,
+    rebuild_learner,
+    saved_config,
+    with_legacy_design,
+)
+from contsup.config import REBUILD, TrainConfig
 from contsup.data import DatasetInfo, info_from_record, info_record, parse_dataset
 from contsup.errors import ContsupError
 from contsup.learner import ContextNetwork, LocalLearner
-from contsup.trainer import TrainConfig, build_learner, cut_nodes
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -45,6 +47,7 @@ __all__ = [
     "export_run",
     "load",
     "open_run",
+    "with_legacy_design",
 ]
 
 EXPORT_FORMATS = ("safetensors", "onnx", "pt2")
@@ -52,8 +55,6 @@ SAFETENSORS_VERSION = 1
 # What the exported model takes, in the safetensors header's "input" field. Files of
 # contsup 0.2 have no such field: their model takes normalised images.
 RAW, NORMALIZED = "raw", "normalized"
-# The config fields that shape the inference model (with the cuts and the data's shape).
-REBUILD = ("model", "model_kwargs", "context", "aux", "head", "local_loss", "decoder")
 
 
 class ExportError(ContsupError):
@@ -94,14 +95,6 @@ class Run:
     info: DatasetInfo
 
 
-def _config(saved: dict, path: Path) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    try:
-        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    except TypeError as error:
-        raise CheckpointError(f"{path} holds a config this contsup cannot read") from error
-
-
 def _info(state: dict, config: TrainConfig) -> DatasetInfo:
     """The data's shape and normalisation, from the checkpoint (or, for older ones, the name)."""
     if "data" not in state:  # written before checkpoints recorded it
@@ -110,30 +103,6 @@ def _info(state: dict, config: TrainConfig) -> DatasetInfo:
         return info_from_record(state["data"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError("the checkpoint's data record is malformed") from error
-
-
-def _rebuild(
-    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None, source: Path
-) -> LocalLearner:
-    """``build_learner``, with a file's description of the model that does not build
-    (an unknown model or context, cuts that are not in the graph) as one sentence."""
-    try:
-        return build_learner(config, info, cuts=cuts)
-    except (ValueError, RuntimeError, TypeError, KeyError) as error:
-        raise CheckpointError(
-            f"{source} describes a model that cannot be built: {error}"
-        ) from error
-
-
-def with_legacy_design(config: TrainConfig, names) -> TrainConfig:
-    """``config``, with the design that built tensors ``names``: a run or export of
-    contsup 0.2 whose scaled bridges hold a gain rebuilds as ``scaled-0.2``.
-
-    Example::
-
-        config = with_legacy_design(config, ["network.bridges.0.gain", ...])
-    """
-    return replace(config, aux=design_of(config.aux, names))
 
 
 def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
@@ -151,16 +120,12 @@ def open_run(run_dir: str | Path, *, best: bool = False) -> Run:
     path = Path(run_dir)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a run directory")
-    legacy = not (path / POINTER).exists() and (path / LEGACY).exists()
-    if legacy:  # the old config says how to build the learner whose names convert it
-        config = _config(read_legacy(path / LEGACY)["config"], path / LEGACY)
-        learner = _rebuild(config, parse_dataset(config.dataset)[0], None, path / LEGACY)
-        convert_legacy(path, [name for name, _ in learner.named_parameters()])
+    convert_legacy_run(path)
     state = load_checkpoint(path, best=best)
-    config = _config(state.get("config") or {}, path / POINTER)
+    config = saved_config(state.get("config") or {}, path / POINTER)
     config = with_legacy_design(config, checkpoint_entries(path, state))
     info = _info(state, config)
-    learner = _rebuild(config, info, state.get("cuts"), path / POINTER)
+    learner = rebuild_learner(config, info, state.get("cuts"), path / POINTER)
     tensors = {f"learner.{name}": t for name, t in learner.state_dict().items()}
     load_tensors(path, state, tensors)
     return Run(path, config, state, learner, info)
@@ -171,23 +136,7 @@ def _write_new(out: Path, force: bool, write) -> None:
     without ``force``."""
     if out.exists() and not force:
         raise ExportError(f"{out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: torch.export.save checks it.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp{out.suffix}")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # as open() would have made it
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomic(out, write, suffix=f".tmp{out.suffix}")  # torch.export.save checks the suffix
 
 
 def _recipe(run: Run, raw_input: bool) -> dict:
@@ -310,7 +259,7 @@ def load(path: str | Path, *, raw_input: bool | None = None) -> nn.Module:
             f"{path} says its model takes {exported!r} input; expected raw or normalized"
         )
     try:
-        net = _rebuild(config, info, cuts, path).export()
+        net = rebuild_learner(config, info, cuts, path).export()
     except CheckpointError as error:
         raise ExportError(str(error)) from error
     try:

@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from contsup.errors import ContsupError
+from contsup.metrics import EpochRecord
 
 __all__ = ["TensorBoardMissing", "available", "log_epoch", "open_writer"]
 
@@ -42,27 +43,31 @@ def open_writer(run_dir: str | Path, wanted: bool | None):
     return SummaryWriter(log_dir=str(run_dir))
 
 
-def log_epoch(writer, record: dict) -> None:
-    """Write one epoch's metrics record (as the trainer makes them) at step ``epoch``.
+def log_epoch(writer, record: EpochRecord) -> None:
+    """Write one epoch's record at step ``record.epoch``.
+
+    Example::
+
+        log_epoch(open_writer("runs/x", True), record)
 
     Per segment i: ``train/loss/segment_i``, ``train/accuracy/segment_i``,
     ``test/loss/segment_i`` and ``test/accuracy/segment_i``; the last segment's are
     the model's own (its classifier). Then ``lr``, ``images_per_s``,
     ``epoch_seconds`` and ``peak_memory_bytes``.
     """
-    epoch = record["epoch"]
+    epoch = record.epoch
+    segments = len(record.segment_train_losses)
     series = {
-        "train/loss": record["segment_losses"],
-        "train/accuracy": [*record["head_train_accuracies"], record["train_accuracy"]],
-        "test/loss": [*record["head_test_losses"], record["test_loss"]],
-        "test/accuracy": [*record["head_accuracies"], record["test_accuracy"]],
+        "train/loss": record.segment_train_losses,
+        "train/accuracy": record.train_accuracies(),
+        "test/loss": record.test_losses(),
+        "test/accuracy": record.test_accuracies(),
     }
     for name, values in series.items():
         # Contrastive heads give no accuracy: then only the model's value is there.
-        first = len(record["segment_losses"]) - len(values)
-        for i, value in enumerate(values, start=first):
+        for i, value in enumerate(values, start=segments - len(values)):
             writer.add_scalar(f"{name}/segment_{i}", value, epoch)
     for name in ("lr", "images_per_s", "peak_memory_bytes"):
-        writer.add_scalar(name, record[name], epoch)
-    writer.add_scalar("epoch_seconds", record["seconds"], epoch)
+        writer.add_scalar(name, getattr(record, name), epoch)
+    writer.add_scalar("epoch_seconds", record.seconds, epoch)
     writer.flush()

@@ -1,287 +1,65 @@
 """Train a LocalLearner: the paper's SGD and schedule, metrics, atomic checkpoints, resume.
 
 Per epoch: train (one ``local_backward`` and one optimizer step per batch), then
-evaluate on the test split, then commit a checkpoint (``contsup.checkpoint``),
+evaluate on the test split, then commit a checkpoint (``CheckpointManager``),
 then rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics.
 A kill at any moment loses at most the epoch in progress; ``resume=True``
 continues from the last checkpoint with the same model, optimizer, schedule
 position, random state and metrics, so the run ends as if never interrupted.
 The same loop runs one process or, under torchrun, one pipeline stage per rank
 (``contsup.distributed``); a checkpoint from either resumes in the other.
+
+The config lives in ``contsup.config``, model building in ``contsup.building``,
+checkpoints in ``contsup.checkpoint_manager``, the numbers in ``contsup.metrics``;
+their names are importable from here too, as before.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-import timm
 import torch
 
-from contsup.atomic import write_text_atomic
-from contsup.auxiliary.scaled import design_of
-from contsup.checkpoint import (
-    LEGACY,
-    POINTER,
-    CheckpointError,
-    checkpoint_entries,
-    convert_legacy,
-    load_checkpoint,
-    load_tensors,
-    read_legacy,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    tensors_dir,
+from contsup.building import (
+    PlanError,
+    build,
+    build_learner,
+    cut_nodes,
+    default_threads,
+    plan_cuts,
+    resolve_device,
 )
-from contsup.data import (
-    DEFAULT_DATA_DIR,
-    Batches,
-    DatasetInfo,
-    info_record,
-    load_dataset,
-    steps_per_epoch,
-)
-from contsup.distributed import Pipeline, init_mesh, launched, pipeline
-from contsup.errors import ContsupError
-from contsup.learner import LocalLearner, wrap
+from contsup.checkpoint_manager import CheckpointManager
+from contsup.config import TrainConfig
+from contsup.data import Batches, steps_per_epoch
+from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
+from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
+from contsup.metrics import EpochRecord, UnitTotals, test_scores, write_metrics
 from contsup.schedule import schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
-from partitioner import PartitionError
-from partitioner.plan import read_plan
 
-__all__ = ["TrainConfig", "TrainingDiverged", "default_threads", "train"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; defaults follow the paper (PAPER.md) where it has one."""
-
-    model: str = "resnet32"
-    k: int = 4
-    context: str = "E"
-    aux: str = "scaled"
-    head: str = "1c2f"
-    local_loss: str = "ce"
-    decoder: list[float] | None = None
-    objective: str = "flops"
-    cuts: list[str] | None = None
-    plan: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset: str = "digits"
-    train_images: int | None = None
-    test_images: int | None = None
-    data_dir: str = DEFAULT_DATA_DIR
-    download: bool = False
-    workers: int = 4
-    epochs: int = 160
-    batch_size: int = 1024
-    lr: float = 0.8
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # per step; "paper": the reference's per-epoch curve
-    warmup_epochs: float | None = None  # None: a sixteenth of the run (the paper's 10 of 160)
-    device: str = "auto"
-    amp: str | None = None
-    channels_last: bool = False
-    compile: bool = False
-    seed: int = 0
-    out: str | None = None
-    pipeline: int = 1
-    pipeline_balance: str = "time"
-    tensorboard: bool | None = None  # None: when the tensorboard package is installed
-    threads: int | None = None  # CPU threads; None: the idle cores (``default_threads``)
-
-    # Changing these between a checkpoint and its resume would make a different run.
-    IDENTITY = (
-        "model",
-        "k",
-        "context",
-        "aux",
-        "head",
-        "local_loss",
-        "decoder",
-        "objective",
-        "cuts",
-        "plan",
-        "model_kwargs",
-        "dataset",
-        "train_images",
-        "test_images",
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "nesterov",
-        "weight_decay",
-        "schedule",
-        "warmup_epochs",
-        "seed",
-    )
-
-    def out_dir(self) -> Path:
-        name = f"{self.model}-k{self.k}-{self.context}-{self.dataset.replace(':', '_')}"
-        return Path(self.out or Path("runs") / name)
+__all__ = [
+    "PlanError",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build",
+    "build_learner",
+    "cut_nodes",
+    "default_threads",
+    "plan_cuts",
+    "resolve_device",
+    "train",
+]
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
-
-
-def default_threads() -> int:
-    """CPU threads for a run: this process's share of the cores that are idle now.
-
-    Example::
-
-        torch.set_num_threads(default_threads())
-
-    torch's own default (every core) slows a run several-fold when another process
-    is busy on the machine: threads then wait for each other. Under torchrun the
-    cores are shared by the processes of one machine. Results repeat exactly only
-    at the same thread count, so runs print theirs and ``--threads`` fixes it.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, (max(1, (cores or 1) - busy)) // per_machine)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a run (or, under torchrun, this rank) uses: ``auto`` takes CUDA if any."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None and launched():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
-def _write_metrics(out: Path, metrics: list[dict]) -> None:
-    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
-    lists = {
-        "segment_losses": "loss_segment",
-        "head_train_accuracies": "head_train_accuracy",
-        "head_accuracies": "head_accuracy",
-        "head_test_losses": "head_test_loss",
-    }
-    first = metrics[0] if metrics else {}
-    columns = [k for k in first if k not in lists]
-    expanded = [(key, len(first[key])) for key in lists if key in first]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    header = [f"{lists[key]}_{i}" for key, n in expanded for i in range(n)]
-    writer.writerow(columns + header)
-    for m in metrics:
-        writer.writerow([m[c] for c in columns] + [v for key, _ in expanded for v in m[key]])
-    write_text_atomic(out / "metrics.csv", buffer.getvalue())
-
-
-class PlanError(ContsupError):
-    """A plan file that cannot be used for this run."""
-
-
-def plan_cuts(path: str | Path, model: str, image_size: tuple[int, ...]) -> list[str]:
-    """The cut nodes of a plan that ``contsup split --save`` wrote, checked against the run.
-
-    Example::
-
-        cuts = plan_cuts("plan.json", "resnet110", (3, 32, 32))
-
-    The plan is JSON (never code). It must name the same model, if it names one,
-    and have been made for the same input size.
-    """
-    try:
-        plan = read_plan(Path(path).read_text())
-    except OSError as error:
-        raise PlanError(f"cannot read plan {path}: {error.strerror}") from error
-    except PartitionError as error:
-        raise PlanError(f"{path} is not a plan written by `contsup split --save`") from error
-    if (plan.model or model) != model:
-        raise PlanError(f"{path} is a plan for {plan.model}, not {model}")
-    shape = plan.input_shape[1:]
-    if shape != tuple(image_size):
-        raise PlanError(f"{path} was made for inputs of shape {shape}, not {tuple(image_size)}")
-    if any(len(c) != 1 for c in plan.cuts):
-        raise PlanError(f"{path} has multi-tensor cuts, which local learning cannot use")
-    return [c[0] for c in plan.cuts]
-
-
-def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
-    """The data (on its device) and the wrapped model (on the CPU, until a ``Pipeline``
-    moves each rank's share) that a config describes."""
-    device = resolve_device(config.device)
-    data = load_dataset(
-        config.dataset,
-        batch_size=config.batch_size,
-        device=device,
-        data_dir=config.data_dir,
-        download=config.download,
-        workers=config.workers,
-    )
-    data.take(config.train_images, config.test_images)
-    learner = build_learner(config, data.info)
-    if config.channels_last:
-        learner.to(memory_format=torch.channels_last)
-    if config.compile:
-        for module in [*learner.segments, *learner.heads, *learner.bridges, *learner.decoders]:
-            module.compile()
-    return learner, data, device
-
-
-def build_learner(
-    config: TrainConfig, info: DatasetInfo, cuts: list[str] | None = None
-) -> LocalLearner:
-    """The wrapped model ``config`` describes for data like ``info``, on the CPU.
-
-    Example::
-
-        learner = build_learner(TrainConfig(model="resnet20", k=4), parse_dataset("digits")[0])
-
-    ``cuts`` (the nodes a run cut after, as its checkpoint records them) replace
-    the config's K, cuts and plan: the same segments without re-balancing.
-    """
-    # timm's convention: in_chans follows the data unless model_kwargs sets it.
-    kwargs = {"in_chans": info.image_size[0], **config.model_kwargs}
-    model = timm.create_model(config.model, num_classes=info.num_classes, **kwargs)
-    example = torch.zeros(2, *info.image_size)
-    if cuts is None:
-        cuts = config.cuts
-        if config.plan is not None:
-            if cuts is not None:
-                raise ValueError("give cuts or a plan, not both")
-            cuts = plan_cuts(config.plan, config.model, tuple(info.image_size))
-    learner = wrap(
-        model,
-        None if cuts is not None else config.k,  # with cuts, K follows from them
-        cuts=cuts,
-        context=config.context,
-        aux=config.aux,
-        local_loss=config.local_loss,
-        head=config.head,
-        decoder=config.decoder,
-        objective=config.objective,
-        example_input=example,
-    )
-    learner.mean.copy_(torch.tensor(info.mean).view_as(learner.mean))
-    learner.std.copy_(torch.tensor(info.std).view_as(learner.std))
-    return learner
-
-
-def cut_nodes(learner: LocalLearner) -> list[str]:
-    """The graph nodes ``learner`` is cut after, as ``wrap(cuts=...)`` takes them."""
-    return [b.tensors[0].node for b in learner.partition.boundaries]
 
 
 def train(
@@ -289,7 +67,7 @@ def train(
     *,
     resume: bool = False,
     on_step: Callable[[int, int, list[float], float], None] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> dict:
     """Run (or resume) a training run; returns the last epoch's metrics plus ``out_dir``.
 
@@ -301,8 +79,8 @@ def train(
     Under torchrun, every rank calls it: ``config.pipeline`` stages, the rest of the
     world as data-parallel replicas (``contsup.distributed``); only global rank 0
     reports and writes metrics. ``on_step(step, steps, losses, images_per_s)`` (this
-    rank's units) and ``on_epoch(metrics)`` report progress. Raises
-    ``TrainingDiverged`` on a NaN or infinite loss, ``CheckpointError`` on a
+    rank's units) and ``on_epoch(record)`` (an ``EpochRecord``) report progress.
+    Raises ``TrainingDiverged`` on a NaN or infinite loss, ``CheckpointError`` on a
     checkpoint that is corrupt or from another run, ``DistributedError`` on a
     pipeline that cannot be laid out, ``RankLost`` when another rank dies.
     """
@@ -317,23 +95,59 @@ def train(
             torch.distributed.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What every epoch of one run uses."""
+
+    config: TrainConfig
+    learner: LocalLearner
+    data: Batches
+    device: torch.device
+    pipe: Pipeline
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    lr_at: Callable[[int], float]
+    steps: int
+    autocast: torch.dtype | None
+    main: bool  # global rank 0, which reports and writes metrics
+
+
 def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
     out = config.out_dir()
-    main = mesh is None or torch.distributed.get_rank() == 0
-    committed = [out / name for name in (POINTER, LEGACY) if (out / name).exists()]
-    if committed and not resume:
-        raise CheckpointError(
-            f"{committed[0]} exists; pass --resume to continue that run or choose another --out"
+    checkpoints = CheckpointManager(config)
+    checkpoints.refuse_to_clobber(resume)
+    run = _start(config, mesh)
+    records: list[EpochRecord] = []
+    first = 1
+    if resume:
+        records, first = checkpoints.resume(
+            run.pipe, run.optimizer, run.generator, one_process=mesh is None
         )
-    if resume and not committed:  # a typo must never restart a long run from scratch
-        raise CheckpointError(
-            f"cannot resume: {out} holds no {POINTER}; check the directory, or leave out "
-            "--resume to start a new run"
-        )
+        if run.main:
+            write_metrics(out, records)  # drop anything written after the checkpoint
+    writer = open_writer(out, config.tensorboard) if run.main else None
+    with closing(writer) if writer is not None else nullcontext():
+        run.learner.train()
+        for epoch in range(first, config.epochs + 1):
+            records.append(_epoch(run, epoch, on_step))
+            cuts = cut_nodes(run.learner)
+            checkpoints.save(records, run.pipe, run.optimizer, run.generator, cuts, run.data.info)
+            if run.main:
+                write_metrics(out, records)
+                if writer is not None:
+                    log_epoch(writer, records[-1])
+                if on_epoch is not None:
+                    on_epoch(records[-1])
+    last = records[-1].as_dict() if records else {"test_accuracy": None}
+    return {**last, "epochs": config.epochs, "out_dir": str(out)}
+
+
+def _start(config: TrainConfig, mesh) -> _Run:
+    """Seed, build the learner and its data, lay out the pipeline, make the optimizer."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    learner, data, device = build(config)
+    learner, data, device = build(config)  # looked up here, so tests can replace it
     pipe = pipeline(
         learner, mesh, device, balance=config.pipeline_balance, batch_size=config.batch_size
     )
@@ -344,32 +158,6 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    metrics: list[dict] = []
-    start_epoch = 1
-    if resume and committed:
-        if not (out / POINTER).exists():
-            if mesh is not None:
-                raise CheckpointError(
-                    f"{out / LEGACY} is from contsup < 0.2; convert it first in one process "
-                    f"(`contsup eval {out}` does), then resume here"
-                )
-            # The names it converts to are this run's: it must be the same run.
-            _check_same_run(read_legacy(out / LEGACY), config, out / LEGACY)
-            convert_legacy(out, [name for name, _ in pipe.named_parameters()])
-        state = load_checkpoint(out)
-        _check_same_run(state, config, out / POINTER)
-        if design_of(config.aux, checkpoint_entries(out, state)) != config.aux:
-            raise CheckpointError(
-                f"{out} was trained by contsup 0.2, whose scaled bridges had a gain that this "
-                "version's do not: resume it with contsup 0.2 (eval and export read it here)"
-            )
-        _load_state(out, state, pipe, optimizer)
-        set_rng_state(state.get("rng"), generator)
-        metrics = state["metrics"]
-        start_epoch = state["epoch"] + 1
-        if main:
-            _write_metrics(out, metrics)  # drop anything written after the checkpoint
-    autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
     steps = steps_per_epoch(data)
     lr_at = schedule(
         config.schedule,
@@ -378,148 +166,63 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch) -> dict:
         steps_per_epoch=steps,
         warmup_epochs=warmup_epochs(config.warmup_epochs, config.epochs),
     )
-    writer = open_writer(out, config.tensorboard) if main else None
-    with closing(writer) if writer is not None else nullcontext():
-        learner.train()
-        for epoch in range(start_epoch, config.epochs + 1):
-            started = time.perf_counter()
-            k = learner.k
-            totals = torch.zeros(2 * k, dtype=torch.float64)  # loss sums, then correct counts
-            seen = 0
-            with PeakMemory(device, pipe.parameters()) as memory:
-                for step, (x, y, raw) in enumerate(data.train(generator), start=1):
-                    if config.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    lr = lr_at((epoch - 1) * steps + step - 1)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    optimizer.zero_grad(set_to_none=True)
-                    result = pipe.local_backward(x, y, raw=raw, autocast=autocast)
-                    for unit, value in zip(result.units, result.losses):
-                        if not math.isfinite(value):
-                            raise TrainingDiverged(
-                                f"the loss of segment {unit} became {value} at epoch {epoch}, step "
-                                f"{step}; lower --lr or check the data"
-                            )
-                    optimizer.step()
-                    units = result.units
-                    losses = torch.tensor(result.losses, dtype=torch.float64)
-                    totals[units.start : units.stop] += losses * result.size
-                    totals[k + units.start : k + units.stop] += torch.tensor(result.correct)
-                    seen += len(y)
-                    if on_step is not None and main:
-                        on_step(step, steps, result.losses, seen / (time.perf_counter() - started))
-                pipe.flush()
-            train_seconds = time.perf_counter() - started
-            means = (pipe.all_reduce(totals) / seen).tolist()
-            peak = pipe.all_reduce(torch.tensor([memory.peak_bytes]), op="max").item()
-            test = pipe.evaluate(data.test(), autocast)
-            heads = len(test.head_accuracies)
-            record = {
-                "epoch": epoch,
-                "train_loss": means[k - 1],
-                "segment_losses": means[:k],
-                "train_accuracy": means[2 * k - 1],
-                "head_train_accuracies": means[k : k + heads],
-                "test_accuracy": test.accuracy,
-                "test_loss": test.loss,
-                "head_accuracies": test.head_accuracies,
-                "head_test_losses": test.head_losses,
-                "lr": lr,
-                "seconds": time.perf_counter() - started,
-                "images_per_s": seen / train_seconds,
-                "peak_memory_bytes": peak,
-            }
-            metrics.append(record)
-            state = {
-                "config": asdict(config),
-                "epoch": epoch,
-                "rng": rng_state(generator),
-                "metrics": metrics,
-                "cuts": cut_nodes(learner),
-                "data": info_record(data.info),
-            }
-            best = _best_epoch(out, metrics)
-            state["best"] = {"epoch": best, "tensors": tensors_dir(best)} if best else None
-            keep = (tensors_dir(best),) if best else ()
-            save_checkpoint(out, _checkpoint_tensors(pipe, optimizer), state, keep)
-            if main:
-                _write_metrics(out, metrics)
-                if writer is not None:
-                    log_epoch(writer, record)
-                if on_epoch is not None:
-                    on_epoch(record)
-    last = metrics[-1] if metrics else {"test_accuracy": None}
-    return {**last, "epochs": config.epochs, "out_dir": str(out)}
+    autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
+    main = mesh is None or torch.distributed.get_rank() == 0
+    return _Run(
+        config, learner, data, device, pipe, optimizer, generator, lr_at, steps, autocast, main
+    )
 
 
-def _best_epoch(out: Path, metrics: list[dict]) -> int | None:
-    """The first epoch with the highest test accuracy, if its tensors are (or will be) on
-    disk: the epoch being saved, or one whose directory was kept."""
-    best = max(metrics, key=lambda m: m["test_accuracy"])["epoch"]
-    last = metrics[-1]["epoch"]
-    return best if best == last or (out / tensors_dir(best)).is_dir() else None
+def _epoch(run: _Run, epoch: int, on_step) -> EpochRecord:
+    """Train one epoch, then evaluate; the epoch's record (the same on every rank)."""
+    started = time.perf_counter()
+    totals, lr, peak = _train_epoch(run, epoch, started, on_step)
+    train_seconds = time.perf_counter() - started
+    means = totals.means(run.pipe)
+    peak = run.pipe.all_reduce(torch.tensor([peak]), op="max").item()
+    test = test_scores(run.pipe.evaluate(run.data.test(), run.autocast))
+    return EpochRecord.of(
+        epoch,
+        means,
+        test,
+        lr=lr,
+        seconds=time.perf_counter() - started,
+        images_per_s=totals.images / train_seconds,
+        peak_memory_bytes=peak,
+    )
 
 
-def _checkpoint_tensors(pipe: Pipeline, optimizer: torch.optim.Optimizer) -> dict:
-    """This rank's tensors under one process's names: ``learner.<name>`` for the
-    learner's state, ``optimizer.<parameter name>.<slot>`` for the optimizer's."""
-    tensors = {f"learner.{name}": t for name, t in pipe.state_dict().items()}
-    names = {id(p): name for name, p in pipe.named_parameters()}
-    for param, slots in optimizer.state.items():
-        for slot, value in slots.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{names[id(param)]}.{slot}"] = value
-    return tensors
+def _train_epoch(run: _Run, epoch: int, started: float, on_step) -> tuple[UnitTotals, float, int]:
+    """One pass over the training data: this rank's totals, the last step's learning
+    rate, and this rank's peak memory."""
+    totals = UnitTotals.zeros(run.learner.k)
+    with PeakMemory(run.device, run.pipe.parameters()) as memory:
+        for step, (x, y, raw) in enumerate(run.data.train(run.generator), start=1):
+            result, lr = _step(run, epoch, step, x, y, raw)
+            totals.add(result, len(y))
+            if on_step is not None and run.main:
+                elapsed = time.perf_counter() - started
+                on_step(step, run.steps, result.losses, totals.images / elapsed)
+        run.pipe.flush()
+    return totals, lr, memory.peak_bytes
 
 
-def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.Optimizer) -> None:
-    """Load this rank's learner and optimizer tensors from the checkpoint in ``out``."""
-    stored = checkpoint_entries(out, state)
-    wanted = {f"learner.{name}": t for name, t in pipe.state_dict().items()}
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for index, (name, param) in enumerate(pipe.named_parameters()):
-        prefix = f"optimizer.{name}."
-        for key, entry in stored.items():
-            if key.startswith(prefix):
-                slot = key[len(prefix) :]
-                tensor = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
-                if tensor.dim() and tensor.shape != param.shape:
-                    raise CheckpointError(
-                        f"{out} does not fit this model: optimizer state {key} is "
-                        f"{tuple(tensor.shape)}, the parameter {tuple(param.shape)}"
-                    )
-                slots.setdefault(index, {})[slot] = wanted[key] = tensor.to(param.device)
-    load_tensors(out, state, wanted)
-    groups = optimizer.state_dict()["param_groups"]
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
-
-
-def _check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
-    saved = state.get("config")
-    if not isinstance(saved, dict) or not isinstance(state.get("epoch"), int):
-        raise CheckpointError(f"{path} is not a contsup checkpoint")
-    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs.
-    saved = _effective({"schedule": "paper", **saved})
-    current = _effective(asdict(config))
-    changed = [name for name in TrainConfig.IDENTITY if saved.get(name) != current[name]]
-    if changed == ["epochs"]:
-        raise CheckpointError(
-            f"{path} is a run of {saved['epochs']} epochs; its learning-rate schedule is set "
-            f"by its length, so it cannot go on to {current['epochs']}: start a new run "
-            f"(another --out) with --epochs {current['epochs']}"
-        )
-    if changed:
-        name = changed[0]
-        raise CheckpointError(
-            f"{path} is from a different run: {name} was {saved.get(name)!r}, now {current[name]!r}"
-        )
-
-
-def _effective(config: dict) -> dict:
-    """A config record with the default warm-up resolved, so 10 and "a sixteenth of 160"
-    compare equal."""
-    epochs, warmup = config.get("epochs"), config.get("warmup_epochs")
-    if warmup is None and isinstance(epochs, int):
-        return {**config, "warmup_epochs": warmup_epochs(None, epochs)}
-    return config
+def _step(
+    run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, raw
+) -> tuple[StageStep, float]:
+    """One optimizer step at the schedule's learning rate; its result and that rate."""
+    if run.config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    lr = run.lr_at((epoch - 1) * run.steps + step - 1)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    result = run.pipe.local_backward(x, y, raw=raw, autocast=run.autocast)
+    for unit, value in zip(result.units, result.losses):
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss of segment {unit} became {value} at epoch {epoch}, step "
+                f"{step}; lower --lr or check the data"
+            )
+    run.optimizer.step()
+    return result, lr

@@ -114,7 +114,7 @@ def test_split_plans_for_grayscale_inputs_and_train_takes_the_plan(tmp_path):
         "1", "--batch-size", "32", "--out", str(tmp_path / "run"), "--no-tensorboard", "--json",
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
-    assert len(json.loads(trained.stdout.strip().splitlines()[-1])["segment_losses"]) == 2
+    assert len(json.loads(trained.stdout.strip().splitlines()[-1])["segment_train_losses"]) == 2
 
 
 def test_train_prints_its_plan_first_and_progress_lines_when_not_a_terminal(tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_train_recipe_with_overrides_prints_json_last(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= summary["test_accuracy"] <= 1
     assert summary["epochs"] == 1 and summary["out_dir"] == str(out)
-    assert len(summary["segment_losses"]) == 2
+    assert len(summary["segment_train_losses"]) == 2
     assert (out / "checkpoint.json").exists() and (out / "metrics.csv").exists()
 
 
@@ -191,7 +191,7 @@ def test_train_multi_run_recipe_selects_a_run(tmp_path):
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["out_dir"].endswith("two/b") and len(summary["segment_losses"]) == 3
+    assert summary["out_dir"].endswith("two/b") and len(summary["segment_train_losses"]) == 3
 
 
 def test_each_run_of_a_recipe_gets_its_own_directory_under_out(tmp_path):

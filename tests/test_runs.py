@@ -62,8 +62,8 @@ def trained(tmp_path_factory) -> Path:
 def test_metrics_have_every_segment_train_and_test(trained):
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
-    assert len(last["segment_losses"]) == 3
-    for name in ("head_train_accuracies", "head_accuracies", "head_test_losses"):
+    assert len(last["segment_train_losses"]) == 3
+    for name in ("head_train_accuracies", "head_test_accuracies", "head_test_losses"):
         assert len(last[name]) == 2, name
     for name in ("train_accuracy", "test_accuracy", *last["head_train_accuracies"]):
         value = last[name] if isinstance(name, str) else name
@@ -87,7 +87,7 @@ def test_tensorboard_events_hold_the_metrics(trained):
     last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
     logged = events.Scalars("test/accuracy/segment_0")
     assert [e.step for e in logged] == [1, 2, 3]
-    assert logged[-1].value == pytest.approx(last["head_accuracies"][0])
+    assert logged[-1].value == pytest.approx(last["head_test_accuracies"][0])
     assert events.Scalars("test/accuracy/segment_2")[-1].value == pytest.approx(
         last["test_accuracy"]
     )
@@ -100,7 +100,7 @@ def test_eval_reproduces_the_last_epoch(trained):
     last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["epoch"] == 3 and report["test_images"] == 100
     assert report["test_accuracy"] == last["test_accuracy"]
-    assert report["head_accuracies"] == last["head_accuracies"]
+    assert report["head_accuracies"] == last["head_test_accuracies"]
     other = run("eval", trained, "--dataset", "synthetic:3x16x16", "--device", "cpu")
     assert other.exit_code == 2 and "the run was trained on 10 of (3, 32, 32)" in other.output
 
@@ -117,7 +117,7 @@ def test_the_best_epoch_is_kept_and_evaluated(trained):
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["epoch"] == best["epoch"]
     assert report["test_accuracy"] == best["test_accuracy"]
-    assert report["head_accuracies"] == best["head_accuracies"]
+    assert report["head_accuracies"] == best["head_test_accuracies"]
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt2", "onnx"])
@@ -186,6 +186,23 @@ def test_plot_draws_a_run(trained, tmp_path):
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = run("plot", tmp_path)
     assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+def test_metrics_of_contsup_0_3_plot_and_resume_under_todays_names(trained, tmp_path):
+    old_names = dict(segment_train_losses="segment_losses", head_test_accuracies="head_accuracies")
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    today = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    old = [{old_names.get(k, k): v for k, v in r.items()} for r in today]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    state = json.loads((copy / "checkpoint.json").read_text())
+    state["metrics"] = old
+    (copy / "checkpoint.json").write_text(json.dumps(state))
+    assert run("plot", copy, "--out", tmp_path / "acc.png").exit_code == 0
+    summary = train(replace(CONFIG, out=str(copy)), resume=True)  # nothing left to train
+    assert summary["head_test_accuracies"] == today[-1]["head_test_accuracies"]
+    rewritten = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert rewritten == today
 
 
 class RunsCode:

@@ -41,12 +41,12 @@ def test_learns_digits(tmp_path):
     assert set(records[0]) == {
         "epoch",
         "train_loss",
-        "segment_losses",
+        "segment_train_losses",
         "train_accuracy",
         "head_train_accuracies",
         "test_accuracy",
         "test_loss",
-        "head_accuracies",
+        "head_test_accuracies",
         "head_test_losses",
         "lr",
         "seconds",
@@ -54,13 +54,13 @@ def test_learns_digits(tmp_path):
         "peak_memory_bytes",
     }
     assert records[-1]["train_accuracy"] > 0.8 and records[-1]["head_train_accuracies"][0] > 0.3
-    assert len(records[0]["segment_losses"]) == 4
+    assert len(records[0]["segment_train_losses"]) == 4
     # Each local head scores its boundary on the test split; the first learns something.
-    heads = records[-1]["head_accuracies"]
+    heads = records[-1]["head_test_accuracies"]
     assert len(heads) == 3 and all(0 <= a <= 1 for a in heads) and heads[0] > 0.3
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,train_loss,train_accuracy,test_accuracy,test_loss,lr")
-    assert "loss_segment_3" in header and "head_train_accuracy_2" in header
+    assert "segment_train_loss_3" in header and "head_train_accuracy_2" in header
     assert header.endswith("head_test_loss_2")
 
 
@@ -71,7 +71,7 @@ def test_a_fixed_subset_of_the_data(tmp_path):
     assert (data.train_size, data.test_size) == (100, 50)
     assert sum(len(y) for _, y, _ in data.train(torch.Generator())) == 100
     summary = train(replace(config, out=str(tmp_path)))
-    assert summary["head_accuracies"] == []  # K=1: no local heads, plain backprop
+    assert summary["head_test_accuracies"] == []  # K=1: no local heads, plain backprop
 
 
 def run_cli(out, *extra, wait=True):

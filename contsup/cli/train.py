@@ -153,11 +153,11 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
                 highlight=False,
             )
 
-    def on_epoch(m):
+    def on_epoch(record):
         report.print(
-            f"{label + ' ' if label else ''}epoch {m['epoch']}/{config.epochs}  "
-            f"loss {m['train_loss']:.4f}  test acc {m['test_accuracy']:.4f}  "
-            f"lr {m['lr']:.4g}  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f}s",
+            f"{label + ' ' if label else ''}epoch {record.epoch}/{config.epochs}  "
+            f"loss {record.train_loss:.4f}  test acc {record.test_accuracy:.4f}  "
+            f"lr {record.lr:.4g}  {record.images_per_s:.0f} img/s  {record.seconds:.1f}s",
             highlight=False,
         )
 
