@@ -17,7 +17,7 @@ import torch
 from contsup.config import TrainConfig
 from contsup.data import Batches, DatasetInfo, load_dataset
 from contsup.distributed import launched
-from contsup.errors import ContsupError
+from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
 from partitioner import PartitionError
 from partitioner.plan import read_plan
@@ -143,7 +143,7 @@ def build_learner(
         cuts = config.cuts
         if config.plan is not None:
             if cuts is not None:
-                raise ValueError("give cuts or a plan, not both")
+                raise ConfigError("give cuts or a plan, not both")
             cuts = plan_cuts(config.plan, config.model, tuple(info.image_size))
     learner = wrap(
         model,

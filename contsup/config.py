@@ -23,7 +23,7 @@ _MODEL = {"identity": True, "rebuild": True}  # also shapes the exported inferen
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; defaults follow the paper (PAPER.md) where it has one.
+    """Everything a run needs; defaults follow the paper (docs/paper.md) where it has one.
 
     Example::
 

@@ -14,11 +14,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from contsup.errors import ContsupError
 from partitioner import TensorSpec
 
-__all__ = ["Geometry", "geometry_of", "image_geometry", "ToMap", "FromMap", "pool_to"]
+__all__ = [
+    "Geometry",
+    "LayoutError",
+    "geometry_of",
+    "image_geometry",
+    "ToMap",
+    "FromMap",
+    "pool_to",
+]
 
 LAYOUTS = ("NCHW", "NHWC", "NLC", "NC")
+
+
+class LayoutError(ContsupError):
+    """A boundary tensor whose layout context supply cannot read (not a map or token grid)."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +85,11 @@ def geometry_of(spec: TensorSpec, model: nn.Module) -> Geometry:
             side = math.isqrt(tokens - leading)
             if side * side == tokens - leading:
                 return Geometry("NLC", shape[2], side, side, leading)
-        raise ValueError(
+        raise LayoutError(
             f"boundary '{spec.node}' has {tokens} tokens that do not form a square grid; "
             "context supply needs a feature map"
         )
-    raise ValueError(
+    raise LayoutError(
         f"boundary '{spec.node}' has layout {spec.layout} and shape {shape}; context supply "
         f"needs one of {', '.join(LAYOUTS)}"
     )

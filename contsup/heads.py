@@ -15,6 +15,8 @@ import re
 
 from torch import nn
 
+from contsup.errors import ConfigError
+
 __all__ = ["HEADS", "HIDDEN", "parse_head", "linear_layers"]
 
 HEADS = ("0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f")
@@ -31,7 +33,7 @@ def parse_head(config: str) -> tuple[int, int]:
     """
     match = re.fullmatch(r"(\d)c(\d)f", config) if isinstance(config, str) else None
     if match is None or int(match.group(2)) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"unknown head {config!r}; use <a>c<b>f with a conv layers and b >= 1 linear "
             f"layers, e.g. {', '.join(HEADS)}"
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from contsup.errors import ConfigError
+
 __all__ = ["LOCAL_LOSSES", "supervised_contrastive", "local_loss_fn", "head_outputs"]
 
 LOCAL_LOSSES = ("ce", "contrast")
@@ -43,7 +45,7 @@ def head_outputs(local_loss: str, num_classes: int) -> int:
 
 def check_local_loss(local_loss: str) -> None:
     if local_loss not in LOCAL_LOSSES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown local loss {local_loss!r}; use 'ce' (cross-entropy) or 'contrast' (SupCon)"
         )
 

@@ -23,9 +23,21 @@ from dataclasses import dataclass
 from torch import nn
 
 from contsup.context import ContextMode
+from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry
 
-__all__ = ["AuxDesign", "AuxConfig", "aux_designs", "get_design", "register_design"]
+__all__ = [
+    "AuxDesign",
+    "AuxConfig",
+    "BoundaryTooNarrowError",
+    "aux_designs",
+    "get_design",
+    "register_design",
+]
+
+
+class BoundaryTooNarrowError(ContsupError):
+    """A boundary has fewer channels than the context sources its bridge must take."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ def aux_designs() -> list[str]:
 
 
 def get_design(name: str) -> AuxDesign:
-    """The design called ``name``; a ValueError in one sentence for an unknown name.
+    """The design called ``name``; a ``ConfigError`` in one sentence for an unknown name.
 
     Example::
 
@@ -80,7 +92,7 @@ def get_design(name: str) -> AuxDesign:
         'paper'
     """
     if name not in _REGISTERED:
-        raise ValueError(
+        raise ConfigError(
             f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
             f"size), 'paper' (the reference implementation's modules) or one of {aux_designs()}"
         )

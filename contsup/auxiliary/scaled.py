@@ -46,7 +46,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from contsup.auxiliary import AuxDesign, register_design
+from contsup.auxiliary import AuxDesign, BoundaryTooNarrowError, register_design
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
 
@@ -166,7 +166,7 @@ class FusedBridge(nn.Module):
         super().__init__()
         count = len(sources) + (image is not None)
         if count > target.channels:
-            raise ValueError(
+            raise BoundaryTooNarrowError(
                 f"a boundary of {target.channels} channels cannot take {count} context sources"
             )
         self.summed = style.combine == "sum"

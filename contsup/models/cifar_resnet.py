@@ -16,6 +16,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from contsup.errors import ConfigError
+
 __all__ = ["CifarResNet", "BasicBlock", "CIFAR_RESNET_DEPTHS", "paper_init"]
 
 CIFAR_RESNET_DEPTHS = {
@@ -79,7 +81,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, **kwargs):
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
+            raise ConfigError(f"a CIFAR ResNet has depth 6n+2, got {depth}")
         blocks_per_stage = (depth - 2) // 6
         self.num_classes = num_classes
         self.num_features = WIDTHS[-1]
