@@ -30,11 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "EpochRecord",
     "MetricsError",
-    "TestScores",
+    "HeldOutScores",
     "UnitMeans",
     "UnitTotals",
     "read_metrics",
-    "test_scores",
+    "held_out_scores",
     "write_metrics",
 ]
 
@@ -94,7 +94,7 @@ class UnitTotals:
 
 
 @dataclass
-class TestScores:
+class HeldOutScores:
     """The model's test accuracy and loss, and each local head's (none if contrastive)."""
 
     accuracy: float
@@ -103,16 +103,16 @@ class TestScores:
     head_losses: list[float]
 
 
-def test_scores(evaluation: Evaluation) -> TestScores:
+def held_out_scores(evaluation: Evaluation) -> HeldOutScores:
     """What a ``Pipeline.evaluate`` result says, as the epoch record takes it.
 
     Example::
 
-        scores = test_scores(pipe.evaluate(data.test()))
+        scores = held_out_scores(pipe.evaluate(data.test()))
 
     The one place that reads the pipeline's evaluation.
     """
-    return TestScores(
+    return HeldOutScores(
         evaluation.accuracy, evaluation.loss, evaluation.head_accuracies, evaluation.head_losses
     )
 
@@ -145,7 +145,7 @@ class EpochRecord:
     peak_memory_bytes: int | None = None
 
     @classmethod
-    def of(cls, epoch: int, train: UnitMeans, test: TestScores, **timing: float) -> EpochRecord:
+    def of(cls, epoch: int, train: UnitMeans, test: HeldOutScores, **timing: float) -> EpochRecord:
         """The record of an epoch's training means and test scores, plus ``lr``,
         ``seconds``, ``images_per_s`` and ``peak_memory_bytes``."""
         heads = len(test.head_accuracies)
