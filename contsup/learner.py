@@ -24,8 +24,8 @@ from torch import nn
 
 import partitioner
 from contsup.auxiliary import AuxConfig, get_design
-from contsup.budget import aux_costs, extra_cost_hook
-from contsup.context import ContextMode, parse_context
+from contsup.budget import balance_hook
+from contsup.context import ContextMode, gather_sources, parse_context, recent_sources
 from contsup.errors import ContsupError
 from contsup.geometry import Geometry, geometry_of, image_geometry
 from contsup.heads import parse_head
@@ -40,6 +40,7 @@ __all__ = [
     "aux_config",
     "balance_hook",
     "gather_sources",
+    "recent_sources",
     "wrap",
 ]
 
@@ -63,32 +64,6 @@ class Carry:
 
     out: torch.Tensor | None = None
     inputs: list = field(default_factory=list)
-
-
-def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
-    """Which earlier boundary inputs boundary ``boundary`` reads, most recent first.
-
-    Example::
-
-        >>> R2, R2E = ContextMode(2, False), ContextMode(2, True)
-        >>> recent_sources(3, R2), recent_sources(0, R2), recent_sources(0, R2E)
-        ([2, 1], [-1], [])
-
-    Index -1 is the image (the first segment's input); it stands in for every
-    boundary that does not exist yet and is read once. With ``E`` the image has
-    its own encoder, so it does not also stand in (the reference's R1E applies
-    E alone at the first boundary).
-    """
-    indices = [max(boundary - 1 - j, -1) for j in range(mode.recent)]
-    return [i for i in dict.fromkeys(indices) if i >= 0 or not mode.image]
-
-
-def gather_sources(k: int, mode: ContextMode, inputs: Sequence, image):
-    """The values boundary ``k`` reads: ``inputs[i]``, or ``image`` for i < 0.
-
-    Works on tensors and on shape descriptions alike (``wrap`` passes geometries).
-    """
-    return [image if i < 0 else inputs[i] for i in recent_sources(k, mode)]
 
 
 class ContextNetwork(nn.Module):
@@ -491,21 +466,3 @@ def aux_config(
     out_features = head_outputs(local_loss, classes)
     width = getattr(model, "num_features", 0) or 0
     return AuxConfig(aux, mode, head, out_features, width, image_geometry(x), decoder)
-
-
-def balance_hook(model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig):
-    """The partitioner's ``extra_cost`` for ``config``: each cut priced with its aux modules.
-
-    Example::
-
-        part = partitioner.partition(model, x, k, "memory",
-                                     extra_cost=balance_hook(model, x, "memory", config))
-
-    Before the cuts are known a bridge's earlier sources are not, so an ``Rn``
-    encoder is priced as if it read a tensor shaped like its own boundary.
-    """
-
-    def cost_at(target: Geometry):
-        return aux_costs(config, target, [target] * config.mode.recent, x.shape[0])
-
-    return extra_cost_hook(model, objective, cost_at)
