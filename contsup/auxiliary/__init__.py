@@ -17,53 +17,22 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
+from contsup.auxiliary.design import AuxDesign, register_design, registered
 from contsup.context import ContextMode
 from contsup.geometry import Geometry
 
 __all__ = ["AuxDesign", "AuxConfig", "aux_designs", "get_design", "register_design"]
 
 
-@dataclass(frozen=True)
-class AuxDesign:
-    """The builders of one design; each takes geometries and returns an ``nn.Module``.
-
-    ``bridge(target, sources, image)`` adds context to a boundary of ``target``
-    from earlier boundaries of ``sources`` and, unless ``image`` is None, the raw
-    image (called as ``bridge(h, [c_1, ...], x)``, see ``contsup.bridges``);
-    ``head(config, geometry, out_features, width)`` scores a boundary;
-    ``decoder(geometry, image)`` reconstructs the image from a boundary.
-    """
-
-    name: str
-    bridge: Callable[[Geometry, Sequence[Geometry], Geometry | None], nn.Module]
-    head: Callable[[str, Geometry, int, int], nn.Module]
-    decoder: Callable[[Geometry, Geometry], nn.Module]
-
-
-_REGISTERED: dict[str, AuxDesign] = {}
-
-
-def register_design(design: AuxDesign) -> AuxDesign:
-    """Make ``design`` available by its name to ``wrap(aux=...)``, ``--aux`` and recipes.
-
-    Example::
-
-        register_design(AuxDesign("mine", my_bridge, my_head, scaled.ReconstructionDecoder))
-        contsup.wrap(model, k=4, aux="mine")
-    """
-    _REGISTERED[design.name] = design
-    return design
-
-
 def _designs() -> dict[str, AuxDesign]:
     from contsup.auxiliary import paper, scaled  # noqa: F401  (they register themselves)
 
-    return _REGISTERED
+    return registered()
 
 
 def aux_designs() -> list[str]:
