@@ -137,7 +137,7 @@ def unit_seconds(
         x = torch.randn(shape, device=device)
         y = torch.zeros(batch_size, dtype=torch.long, device=device)  # class 0 always exists
         for _ in range(repeats):
-            carry = Carry()
+            carry = Carry(learner.context)
             for j in range(learner.k):
                 _synchronize(device)
                 started = time.perf_counter()
@@ -337,7 +337,7 @@ class Pipeline:
         if self.dp_group is not None:
             self._broadcast_buffers()
         losses, correct = [0.0] * len(self.units), [0] * len(self.units)
-        carry = Carry()
+        carry = Carry(self.learner.context)
         if len(y):  # a replica whose slice of a small last batch is empty sits it out
             if not self.first:
                 self._receive(carry)
@@ -378,7 +378,7 @@ class Pipeline:
                 x, y = self.shard(x, y)
                 if not len(y):
                     continue
-                carry = Carry()
+                carry = Carry(learner.context)
                 if not self.first:
                     self._receive(carry)
                 on_boundary = _head_scorer(learner, sums, y) if with_heads else None
@@ -414,17 +414,12 @@ class Pipeline:
 
     # -- messages between stages ------------------------------------------------
 
-    def _window(self, carry: Carry) -> list[torch.Tensor]:
-        """The kept boundary inputs that bridges after this stage read."""
-        recent = self.learner.context.recent
-        return carry.inputs[len(carry.inputs) - recent :] if recent else []
-
     def _header_size(self) -> int:
         return 1 + (self.learner.context.recent + 1) * (2 + _MAX_DIMS)
 
     def _send(self, carry: Carry) -> None:
         self.flush()  # at most one step in flight: memory stays bounded
-        tensors = [carry.out, *self._window(carry)]
+        tensors = [carry.out, *carry.window()]
         header = torch.zeros(self._header_size(), dtype=torch.int64)
         header[0] = len(tensors)
         for i, t in enumerate(tensors):
@@ -451,9 +446,8 @@ class Pipeline:
             tensor = torch.empty(shape, dtype=_DTYPES[int(header[row])], device=self.device)
             self._recv(tensor)
             received.append(tensor)
-        carry.out, window = received[0], received[1:]
-        # The receiver's carry holds boundary inputs 0..start-2; only the window is real.
-        carry.inputs = [None] * (self.units.start - 1 - len(window)) + window
+        resumed = Carry.resumed(carry.mode, received[0], received[1:], self.units.start)
+        carry.out, carry.inputs = resumed.out, resumed.inputs
 
     def _recv(self, tensor: torch.Tensor) -> None:
         started = time.perf_counter()
