@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import partitioner
-from contsup.auxiliary import AuxConfig, get_design
+from contsup.auxiliary import AuxConfig, aux_config
 from contsup.budget import balance_hook
-from contsup.context import ContextMode, gather_sources, parse_context, recent_sources
+from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ContsupError
-from contsup.geometry import Geometry, geometry_of, image_geometry
-from contsup.heads import parse_head
-from contsup.losses import head_outputs, local_loss_fn
+from contsup.geometry import Geometry, geometry_of
+from contsup.losses import local_loss_fn
 from contsup.network import Carry, ContextNetwork, Unit
 
 __all__ = [
@@ -395,34 +394,3 @@ def wrap(
     )
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
-
-
-def aux_config(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    context: str = "E",
-    aux: str = "scaled",
-    head: str = "1c2f",
-    local_loss: str = "ce",
-    num_classes: int | None = None,
-    decoder: bool = False,
-) -> AuxConfig:
-    """What ``wrap`` builds its heads and bridges from, checked; ValueError if not valid.
-
-    Example::
-
-        config = aux_config(model, torch.zeros(2, 3, 224, 224), context="R1E")
-        part = partitioner.partition(model, x, 4, "memory",
-                                     extra_cost=balance_hook(model, x, "memory", config))
-    """
-    mode = parse_context(context)
-    get_design(aux)
-    parse_head(head)
-    head_outputs(local_loss, 1)  # an unknown loss is reported before a missing class count
-    classes = num_classes or getattr(model, "num_classes", None)
-    if not classes:
-        raise ValueError("pass num_classes: the model has no num_classes attribute")
-    out_features = head_outputs(local_loss, classes)
-    width = getattr(model, "num_features", 0) or 0
-    return AuxConfig(aux, mode, head, out_features, width, image_geometry(x), decoder)

@@ -20,13 +20,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from contsup.auxiliary.design import AuxDesign, register_design, registered
-from contsup.context import ContextMode
-from contsup.geometry import Geometry
+from contsup.context import ContextMode, parse_context
+from contsup.geometry import Geometry, image_geometry
+from contsup.heads import parse_head
+from contsup.losses import head_outputs
 
-__all__ = ["AuxDesign", "AuxConfig", "aux_designs", "get_design", "register_design"]
+__all__ = ["AuxDesign", "AuxConfig", "aux_config", "aux_designs", "get_design", "register_design"]
 
 
 def _designs() -> dict[str, AuxDesign]:
@@ -90,3 +93,33 @@ class AuxConfig:
         decoder = design.decoder(target, self.image) if self.decoder else None
         bridge = design.bridge(target, sources, self.image if self.mode.image else None)
         return head, decoder, bridge
+
+
+def aux_config(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    context: str = "E",
+    aux: str = "scaled",
+    head: str = "1c2f",
+    local_loss: str = "ce",
+    num_classes: int | None = None,
+    decoder: bool = False,
+) -> AuxConfig:
+    """What ``wrap`` builds its heads and bridges from, checked; ValueError if not valid.
+
+    Example::
+
+        config = aux_config(model, torch.zeros(2, 3, 224, 224), context="R1E")
+        head, decoder, bridge = config.modules_at(target, sources=[previous])
+    """
+    mode = parse_context(context)
+    get_design(aux)
+    parse_head(head)
+    head_outputs(local_loss, 1)  # an unknown loss is reported before a missing class count
+    classes = num_classes or getattr(model, "num_classes", None)
+    if not classes:
+        raise ValueError("pass num_classes: the model has no num_classes attribute")
+    out_features = head_outputs(local_loss, classes)
+    width = getattr(model, "num_features", 0) or 0
+    return AuxConfig(aux, mode, head, out_features, width, image_geometry(x), decoder)
