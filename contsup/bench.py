@@ -41,6 +41,7 @@ import partitioner
 from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
+from contsup.network import Carry
 
 __all__ = ["BenchRow", "run_bench"]
 
@@ -163,22 +164,17 @@ def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
     frees, so the step peaks when its forward ends. ``meta`` is a learner built on
     the meta device; ``x`` and ``y`` are meta tensors of the benchmark's batch.
     """
-    outputs: list[torch.Tensor] = []  # h_k
-    inputs: list[torch.Tensor] = []  # h'_k, indexed by boundary
+    carry = Carry(meta.context)
     steps = []
-    for k, segment in enumerate(meta.segments):
+    for k in range(meta.k):
+        unit = meta.unit(k)
         with SavedTensorTracker(meta.parameters()) as tracker:
-            h = x
-            if k > 0:
-                h = meta.bridges[k - 1](outputs[-1], meta.network.sources(k - 1, inputs, x), x)
-            out = segment(h)
+            out = unit(x, carry, detach=True)
             last = k == meta.k - 1
             loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
         steps.append(tracker.peak_bytes)
         del loss
-        outputs.append(out.detach())
-        if k > 0:
-            inputs.append(h.detach())  # h'_{k-1}: what later bridges read as boundary k-1
+        carry.out = out.detach()
     return max(steps) + _predicted_static(list(meta.parameters()))
 
 

@@ -3,9 +3,10 @@
 Every boundary gets a local head (scored at the end of the segment before it)
 and a context bridge (run at the start of the segment after it). ``AuxCost``
 holds their parameters, forward FLOPs and bytes saved for backward. The same
-numbers serve two purposes: ``extra_cost_hook`` lets the partitioner balance
-segments with their aux modules counted, and ``aux_budget`` reports them next
-to the backbone's (``contsup split --context``, ``contsup bench``).
+numbers serve two purposes: ``extra_cost_hook`` (``balance_hook`` for an aux
+config) lets the partitioner balance segments with their aux modules counted,
+and ``aux_budget`` reports them next to the backbone's (``contsup split
+--context``, ``contsup bench``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from torch import nn
 
 import partitioner
 from contsup.auxiliary import AuxConfig
+from contsup.context import gather_sources
 from contsup.geometry import Geometry, geometry_of
 from contsup.memory import SavedTensorTracker
 from partitioner.cost import count_flops
 
 STATIC_COPIES = 3  # a parameter, its gradient and SGD's momentum buffer
 
-__all__ = ["AuxCost", "aux_costs", "extra_cost_hook", "AuxBudget", "aux_budget"]
+__all__ = ["AuxCost", "aux_costs", "extra_cost_hook", "balance_hook", "AuxBudget", "aux_budget"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,26 @@ def extra_cost_hook(
     return extra_cost
 
 
+def balance_hook(
+    model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig
+) -> partitioner.plan.ExtraCost:
+    """The partitioner's ``extra_cost`` for ``config``: each cut priced with its aux modules.
+
+    Example::
+
+        part = partitioner.partition(model, x, k, "memory",
+                                     extra_cost=balance_hook(model, x, "memory", config))
+
+    Before the cuts are known a bridge's earlier sources are not, so an ``Rn``
+    encoder is priced as if it read a tensor shaped like its own boundary.
+    """
+
+    def cost_at(target: Geometry) -> tuple[AuxCost, AuxCost]:
+        return aux_costs(config, target, [target] * config.mode.recent, x.shape[0])
+
+    return extra_cost_hook(model, objective, cost_at)
+
+
 @dataclass(frozen=True)
 class AuxBudget:
     """Per segment: the backbone's cost and the aux modules' (its head and input bridge)."""
@@ -182,8 +204,6 @@ def aux_budget(
     ``stats`` are the partition's ``SegmentStats``; their FLOPs and bytes must be
     measured at batch size ``batch``.
     """
-    from contsup.learner import gather_sources
-
     heads, bridges = [], [AuxCost()]
     for k, target in enumerate(geometries):
         sources = gather_sources(k, config.mode, geometries, config.image)

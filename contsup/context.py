@@ -7,9 +7,10 @@ recent earlier boundary inputs, and ``RnE`` both.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ContextMode", "parse_context"]
+__all__ = ["ContextMode", "gather_sources", "parse_context", "recent_sources"]
 
 _PATTERN = re.compile(r"R(\d+)(E?)|E")
 
@@ -50,3 +51,34 @@ def parse_context(mode: str | ContextMode) -> ContextMode:
     if mode.strip() == "E":
         return ContextMode(0, True)
     return ContextMode(int(match.group(1)), bool(match.group(2)))
+
+
+def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
+    """Which earlier boundary inputs boundary ``boundary`` reads, most recent first.
+
+    Example::
+
+        >>> R2, R2E = ContextMode(2, False), ContextMode(2, True)
+        >>> recent_sources(3, R2), recent_sources(0, R2), recent_sources(0, R2E)
+        ([2, 1], [-1], [])
+
+    Index -1 is the image (the first segment's input); it stands in for every
+    boundary that does not exist yet and is read once. With ``E`` the image has
+    its own encoder, so it does not also stand in (the reference's R1E applies
+    E alone at the first boundary).
+    """
+    indices = [max(boundary - 1 - j, -1) for j in range(mode.recent)]
+    return [i for i in dict.fromkeys(indices) if i >= 0 or not mode.image]
+
+
+def gather_sources(k: int, mode: ContextMode, inputs: Sequence, image):
+    """The values boundary ``k`` reads: ``inputs[i]``, or ``image`` for i < 0.
+
+    Example::
+
+        >>> gather_sources(2, ContextMode(2, True), ["h0", "h1"], "x")
+        ['h1', 'h0']
+
+    Works on tensors and on shape descriptions alike (``wrap`` passes geometries).
+    """
+    return [image if i < 0 else inputs[i] for i in recent_sources(k, mode)]

@@ -16,20 +16,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import partitioner
-from contsup.auxiliary import AuxConfig, get_design
-from contsup.budget import aux_costs, extra_cost_hook
-from contsup.context import ContextMode, parse_context
+from contsup.auxiliary import AuxConfig, aux_config
+from contsup.budget import balance_hook
+from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ContsupError
-from contsup.geometry import Geometry, geometry_of, image_geometry
-from contsup.heads import parse_head
-from contsup.losses import head_outputs, local_loss_fn
+from contsup.geometry import Geometry, geometry_of
+from contsup.losses import local_loss_fn
+from contsup.network import Carry, ContextNetwork, Unit
 
 __all__ = [
     "Carry",
@@ -37,9 +37,11 @@ __all__ = [
     "LocalLearner",
     "LocalStep",
     "ContextNetwork",
+    "Unit",
     "aux_config",
     "balance_hook",
     "gather_sources",
+    "recent_sources",
     "wrap",
 ]
 
@@ -54,91 +56,6 @@ class LocalStep:
 
     logits: torch.Tensor
     losses: list[float]
-
-
-@dataclass
-class Carry:
-    """What flows from one unit to the next: the last segment's output (detached while
-    training) and the boundary inputs kept for later bridges (``ContextNetwork.keep``)."""
-
-    out: torch.Tensor | None = None
-    inputs: list = field(default_factory=list)
-
-
-def recent_sources(boundary: int, mode: ContextMode) -> list[int]:
-    """Which earlier boundary inputs boundary ``boundary`` reads, most recent first.
-
-    Example::
-
-        >>> R2, R2E = ContextMode(2, False), ContextMode(2, True)
-        >>> recent_sources(3, R2), recent_sources(0, R2), recent_sources(0, R2E)
-        ([2, 1], [-1], [])
-
-    Index -1 is the image (the first segment's input); it stands in for every
-    boundary that does not exist yet and is read once. With ``E`` the image has
-    its own encoder, so it does not also stand in (the reference's R1E applies
-    E alone at the first boundary).
-    """
-    indices = [max(boundary - 1 - j, -1) for j in range(mode.recent)]
-    return [i for i in dict.fromkeys(indices) if i >= 0 or not mode.image]
-
-
-def gather_sources(k: int, mode: ContextMode, inputs: Sequence, image):
-    """The values boundary ``k`` reads: ``inputs[i]``, or ``image`` for i < 0.
-
-    Works on tensors and on shape descriptions alike (``wrap`` passes geometries).
-    """
-    return [image if i < 0 else inputs[i] for i in recent_sources(k, mode)]
-
-
-class ContextNetwork(nn.Module):
-    """Segments chained through their bridges: the inference model, without heads.
-
-    Example::
-
-        net = learner.export()
-        logits = net(x)
-    """
-
-    def __init__(self, segments: nn.ModuleList, bridges: nn.ModuleList, context: ContextMode):
-        super().__init__()
-        self.segments = segments
-        self.bridges = bridges
-        self.context = str(context)
-        self.mode = context
-
-    def sources(self, k: int, inputs: list, x: torch.Tensor) -> list[torch.Tensor]:
-        """What boundary ``k``'s bridge reads: earlier boundary inputs, or the image."""
-        return gather_sources(k, self.mode, inputs, x)
-
-    def keep(self, inputs: list, h: torch.Tensor) -> None:
-        """Append boundary input ``h``, and let go of those no later bridge reads."""
-        inputs.append(h)
-        if len(inputs) > self.mode.recent:
-            inputs[-1 - self.mode.recent] = None
-
-    def forward(self, x: torch.Tensor, on_boundary=None) -> torch.Tensor:
-        """Logits; ``on_boundary(k, h_k)`` sees each segment's output on the way."""
-        return self.run(x, Carry(), 0, len(self.segments), on_boundary)
-
-    def run(self, x: torch.Tensor, carry: Carry, start: int, stop: int, on_boundary=None):
-        """Units ``start..stop-1`` (bridge into segment j, then segment j) from ``carry``.
-
-        Returns the last segment's output and leaves ``carry`` ready for unit ``stop``:
-        a pipeline stage runs its own units and sends the carry on.
-        """
-        out = carry.out
-        for j in range(start, stop):
-            if j == 0:
-                h = x
-            else:
-                h = self.bridges[j - 1](out, self.sources(j - 1, carry.inputs, x), x)
-                self.keep(carry.inputs, h)
-            out = self.segments[j](h)
-            if on_boundary is not None and j < len(self.bridges):
-                on_boundary(j, out)
-        carry.out = out
-        return out
 
 
 class LocalLearner(nn.Module):
@@ -206,6 +123,21 @@ class LocalLearner(nn.Module):
     def k(self) -> int:
         return len(self.segments)
 
+    def unit(self, j: int) -> Unit:
+        """Unit ``j``: the bridge into segment j, segment j, and its head and decoder
+        (none for the last segment, scored by the model's own classifier).
+
+        Example::
+
+            unit = learner.unit(2)
+            unit.bridge, unit.segment, unit.head   # learner.bridges[1], .segments[2], .heads[2]
+            owned = unit.modules()                 # what a pipeline stage running it holds
+        """
+        if j == self.k - 1:
+            return self.network.unit(j)
+        decoder = self.decoders[j] if self.decoders else None
+        return replace(self.network.unit(j), head=self.heads[j], decoder=decoder)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.network(x)
@@ -263,7 +195,7 @@ class LocalLearner(nn.Module):
             autocast: run forward passes under ``torch.autocast`` with this dtype.
         """
         self.check_input(x)
-        carry = Carry()
+        carry = Carry(self.context)
         losses, _ = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
         return LocalStep(carry.out, torch.stack(losses).tolist())
 
@@ -293,19 +225,13 @@ class LocalLearner(nn.Module):
         )
         losses, correct = [], []
         classify = self.local_loss == "ce"
-        out = carry.out
         for j in range(start, stop):
+            unit = self.unit(j)
             with cast:
-                if j == 0:
-                    h = x
-                else:
-                    # Everything read is detached: the bridge learns from this loss only.
-                    sources = self.network.sources(j - 1, carry.inputs, x)
-                    h = self.bridges[j - 1](out, sources, x)
-                    self.network.keep(carry.inputs, h.detach())
-                out = self.segments[j](h)
+                # Everything the unit reads is detached: its bridge learns from its loss only.
+                out = unit(x, carry, detach=True)
                 last = j == self.k - 1
-                scores = out if last else self.heads[j](out)
+                scores = out if last else unit.head(out)
                 if last:
                     loss = F.cross_entropy(out.float(), y)
                 else:
@@ -315,8 +241,7 @@ class LocalLearner(nn.Module):
             losses.append(loss.detach())
             hits = (scores.detach().argmax(1) == y).sum() if last or classify else y.new_zeros(())
             correct.append(hits)
-            out = out.detach()
-        carry.out = out
+            carry.out = out.detach()
         return losses, correct
 
 
@@ -351,6 +276,28 @@ def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tupl
         t = i / (boundaries - 1) if boundaries > 1 else 0.0
         weights.append((xx1 + t * (xx2 - xx1), xy1 + t * (xy2 - xy1)))
     return weights
+
+
+def _segments(
+    k: int | None, cuts: Sequence[str] | partitioner.Partition | None, x: torch.Tensor
+) -> tuple[int, list | None]:
+    """``wrap``'s number of segments and node-name cuts (None: balance), checked
+    against each other and, for a saved plan, against the input's shape."""
+    if isinstance(cuts, partitioner.Partition):
+        if tuple(cuts.input_shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"the plan was made for inputs of shape {tuple(cuts.input_shape[1:])}, "
+                f"not {tuple(x.shape[1:])}"
+            )
+        cuts = [tuple(t.node for t in b.tensors) for b in cuts.boundaries]
+    if cuts is not None:
+        cuts = list(cuts)
+        if k is not None and k != len(cuts) + 1:
+            raise ValueError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
+        k = len(cuts) + 1
+    if k is None:
+        raise ValueError("pass k, the number of segments, or cuts")
+    return k, cuts
 
 
 def wrap(
@@ -409,20 +356,7 @@ def wrap(
         decoder=decoder is not None,
     )
     mode, image = config.mode, config.image
-    if isinstance(cuts, partitioner.Partition):
-        if tuple(cuts.input_shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
-                f"the plan was made for inputs of shape {tuple(cuts.input_shape[1:])}, "
-                f"not {tuple(x.shape[1:])}"
-            )
-        cuts = [tuple(t.node for t in b.tensors) for b in cuts.boundaries]
-    if cuts is not None:
-        cuts = list(cuts)
-        if k is not None and k != len(cuts) + 1:
-            raise ValueError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
-        k = len(cuts) + 1
-    if k is None:
-        raise ValueError("pass k, the number of segments, or cuts")
+    k, cuts = _segments(k, cuts, x)
     boundaries = k - 1 if isinstance(k, int) else 0
     weights = _loss_weights(decoder, max(boundaries, 0))
     if cuts is None:
@@ -460,52 +394,3 @@ def wrap(
     )
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
-
-
-def aux_config(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    context: str = "E",
-    aux: str = "scaled",
-    head: str = "1c2f",
-    local_loss: str = "ce",
-    num_classes: int | None = None,
-    decoder: bool = False,
-) -> AuxConfig:
-    """What ``wrap`` builds its heads and bridges from, checked; ValueError if not valid.
-
-    Example::
-
-        config = aux_config(model, torch.zeros(2, 3, 224, 224), context="R1E")
-        part = partitioner.partition(model, x, 4, "memory",
-                                     extra_cost=balance_hook(model, x, "memory", config))
-    """
-    mode = parse_context(context)
-    get_design(aux)
-    parse_head(head)
-    head_outputs(local_loss, 1)  # an unknown loss is reported before a missing class count
-    classes = num_classes or getattr(model, "num_classes", None)
-    if not classes:
-        raise ValueError("pass num_classes: the model has no num_classes attribute")
-    out_features = head_outputs(local_loss, classes)
-    width = getattr(model, "num_features", 0) or 0
-    return AuxConfig(aux, mode, head, out_features, width, image_geometry(x), decoder)
-
-
-def balance_hook(model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig):
-    """The partitioner's ``extra_cost`` for ``config``: each cut priced with its aux modules.
-
-    Example::
-
-        part = partitioner.partition(model, x, k, "memory",
-                                     extra_cost=balance_hook(model, x, "memory", config))
-
-    Before the cuts are known a bridge's earlier sources are not, so an ``Rn``
-    encoder is priced as if it read a tensor shaped like its own boundary.
-    """
-
-    def cost_at(target: Geometry):
-        return aux_costs(config, target, [target] * config.mode.recent, x.shape[0])
-
-    return extra_cost_hook(model, objective, cost_at)

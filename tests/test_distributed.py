@@ -172,6 +172,23 @@ def test_one_process_pipeline_is_the_learner():
         Pipeline(learner, balance=[1.0, 2.0])
 
 
+def test_stages_own_every_state_entry_once_under_the_learners_names():
+    import copy
+
+    from contsup.distributed import Stage
+
+    learner = wrap(create("resnet20"), 4, context="R2E", example_input=torch.zeros(2, 3, 16, 16))
+    names = list(learner.state_dict())
+    params = [n for n, _ in learner.named_parameters()]
+    owned, owned_params = [], []
+    for units in (range(0, 1), range(1, 3), range(3, 4)):
+        stage = Stage(copy.deepcopy(learner), units, torch.device("cpu"))
+        owned += stage.state_names
+        owned_params += [n for n, _ in stage.named_learner_parameters]
+    assert sorted(owned) == sorted(names) and len(owned) == len(set(owned))
+    assert sorted(owned_params) == sorted(params)
+
+
 def test_unit_seconds_leave_the_learner_as_it_was():
     learner = wrap(create("resnet20"), 3, context="R1E", example_input=torch.zeros(2, 3, 16, 16))
     before = {n: t.clone() for n, t in learner.state_dict().items()}

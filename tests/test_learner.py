@@ -47,6 +47,19 @@ def test_unknown_context_mode_names_accepted_forms(text):
         parse_context(text)
 
 
+def test_carry_keeps_the_window_later_bridges_read():
+    from contsup.context import ContextMode
+    from contsup.network import Carry
+
+    carry = Carry(ContextMode(2, False))
+    for h in ("h0", "h1", "h2"):
+        carry.keep(h)
+    assert carry.inputs == [None, "h1", "h2"] and carry.window() == ["h1", "h2"]
+    resumed = Carry.resumed(carry.mode, "out", carry.window(), unit=4)
+    assert resumed.inputs == carry.inputs and resumed.out == "out"
+    assert Carry(ContextMode(0, True)).window() == []
+
+
 def test_recent_sources():
     r1, r4 = ContextMode(1, False), ContextMode(4, False)
     assert recent_sources(0, r1) == [-1]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from contsup.auxiliary.registry import AuxDesign, register_design
+from contsup.auxiliary.design import AuxDesign, register_design
 from contsup.bridges import Bridge
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head

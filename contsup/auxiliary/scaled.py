@@ -46,7 +46,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from contsup.auxiliary.registry import AuxDesign, BoundaryTooNarrowError, register_design
+from contsup.auxiliary.design import AuxDesign, BoundaryTooNarrowError, register_design
 from contsup.geometry import FromMap, Geometry, ToMap, pool_to
 from contsup.heads import linear_layers, parse_head
 

@@ -1,4 +1,9 @@
-"""The aux design registry: ``AuxDesign``, ``register_design``, ``get_design``, ``AuxConfig``."""
+"""What an aux design is, and the registry of designs by name.
+
+Designs (``paper``, ``scaled``, a user's own) register themselves here; this
+module imports none of them, so a design module can import it without a circle.
+Importing ``contsup.auxiliary`` registers the built-in ones.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from contsup.context import ContextMode
 from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry
 
-__all__ = [
-    "AuxDesign",
-    "AuxConfig",
-    "BoundaryTooNarrowError",
-    "aux_designs",
-    "get_design",
-    "register_design",
-]
+__all__ = ["AuxDesign", "BoundaryTooNarrowError", "aux_designs", "get_design", "register_design"]
 
 
 class BoundaryTooNarrowError(ContsupError):
@@ -82,32 +79,3 @@ def get_design(name: str) -> AuxDesign:
             f"size), 'paper' (the reference implementation's modules) or one of {aux_designs()}"
         )
     return _REGISTERED[name]
-
-
-@dataclass(frozen=True)
-class AuxConfig:
-    """Everything that decides the aux modules at a boundary, but the boundary itself.
-
-    Example::
-
-        config = AuxConfig("scaled", parse_context("R1E"), "1c2f", 10, 64, image)
-        head, decoder, bridge = config.modules_at(target, sources=[previous])
-    """
-
-    design: str
-    mode: ContextMode
-    head: str
-    out_features: int
-    width: int  # the network's final width (the paper's heads widen up to it)
-    image: Geometry
-    decoder: bool = False
-
-    def modules_at(
-        self, target: Geometry, sources: Sequence[Geometry]
-    ) -> tuple[nn.Module, nn.Module | None, nn.Module]:
-        """(head, decoder or None, bridge) for a boundary of ``target`` reading ``sources``."""
-        design = get_design(self.design)
-        head = design.head(self.head, target, self.out_features, self.width)
-        decoder = design.decoder(target, self.image) if self.decoder else None
-        bridge = design.bridge(target, sources, self.image if self.mode.image else None)
-        return head, decoder, bridge

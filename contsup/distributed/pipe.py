@@ -1,0 +1,296 @@
+"""A rank's ``Pipeline``: its ``Stage`` of units, composed with the wire to its
+neighbours and the replicas of its stage, as the ``Layout`` places it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from contsup.distributed.layout import Layout, stage_costs
+from contsup.distributed.replica import replicas, world
+from contsup.distributed.stage import Stage
+from contsup.distributed.wire import Clock, inbox, outbox
+from contsup.learner import LocalLearner
+
+__all__ = ["Evaluation", "Pipeline", "StageStep", "pipeline"]
+
+
+@dataclass
+class StageStep:
+    """What one stage's ``local_backward`` returns.
+
+    ``losses[i]`` is unit ``units[i]``'s loss on this rank's ``size`` images, and
+    ``correct[i]`` how many of them its head (the last unit: the classifier) got
+    right; ``logits`` the final logits on the last stage (None elsewhere).
+    """
+
+    units: range
+    losses: list[float]
+    correct: list[int]
+    size: int
+    logits: torch.Tensor | None
+
+
+@dataclass
+class Evaluation:
+    """Test results, the same on every rank. Head lists are empty for contrastive heads.
+
+    ``accuracy`` and ``loss``: the inference model's top-1 accuracy and mean
+    cross-entropy; ``head_accuracies`` and ``head_losses``: each local head's, on
+    its own boundary (how linearly separable each depth is).
+    """
+
+    accuracy: float
+    loss: float
+    head_accuracies: list[float]
+    head_losses: list[float]
+
+
+class Pipeline:
+    """One rank's share of a ``LocalLearner``: its stage's units, and the links to the
+    stages before and after it and to its data-parallel replicas.
+
+    Example::
+
+        pipe = contsup.distributed.pipeline(learner, mesh)
+        optimizer = torch.optim.SGD(pipe.parameters(), lr=0.1)
+        for x, y, _ in batches:          # the same batches on every rank
+            optimizer.zero_grad()
+            step = pipe.local_backward(x, y)
+            optimizer.step()
+        result = pipe.evaluate(test_batches)   # .accuracy, .head_accuracies, ...
+
+    With ``mesh=None`` it is the whole learner in one process (no communication).
+    """
+
+    def __init__(
+        self,
+        learner: LocalLearner,
+        mesh: DeviceMesh | None = None,
+        device: torch.device | str | None = None,
+        *,
+        balance: str | list[float] = "cost",
+        batch_size: int = 32,
+    ):
+        self.learner = learner
+        self.mesh = mesh
+        self.device = torch.device(device) if device is not None else _device_of(learner)
+        self.world = world(mesh, self.device)
+        self.costs = stage_costs(
+            learner, balance, mesh, batch_size, self.device, self.world.all_reduce
+        )
+        self.layout = Layout.of(mesh, self.costs)
+        self.owned = Stage(learner, self.layout.units, self.device)
+        self.data_parallel = replicas(self.layout, self.device)
+        self.clock = Clock()
+        self.inbox = inbox(self.layout, learner.context, self.device, self.clock)
+        self.outbox = outbox(self.layout, learner.context, self.device, self.clock)
+        self.computing = 0.0  # seconds in this stage's units
+
+    # -- where this stage sits ----------------------------------------------------
+
+    @property
+    def units(self) -> range:
+        return self.layout.units
+
+    @property
+    def bounds(self) -> list[int]:
+        return list(self.layout.bounds)
+
+    @property
+    def stage(self) -> int:
+        return self.layout.stage
+
+    @property
+    def stages(self) -> int:
+        return self.layout.stages
+
+    @property
+    def replica(self) -> int:
+        return self.layout.replica
+
+    @property
+    def replicas(self) -> int:
+        return self.layout.replicas
+
+    @property
+    def first(self) -> bool:
+        return self.layout.first
+
+    @property
+    def last(self) -> bool:
+        return self.layout.last
+
+    @property
+    def waiting(self) -> float:
+        """Seconds blocked on a peer (the bubble, from this stage's side)."""
+        return self.clock.waiting
+
+    @waiting.setter
+    def waiting(self, seconds: float) -> None:
+        self.clock.waiting = seconds
+
+    # -- what it owns -------------------------------------------------------------
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """This stage's parameters, named as in ``learner.named_parameters()``."""
+        return list(self.owned.named_learner_parameters)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """This stage's entries of ``learner.state_dict()``, under the same names."""
+        state = self.learner.state_dict()
+        return {n: state[n] for n in self.owned.state_names}
+
+    def shard(self, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """This replica's slice of each batch tensor (contiguous, sizes differ by at most 1)."""
+        return self.data_parallel.shard(*tensors)
+
+    # -- what it does ---------------------------------------------------------------
+
+    def local_backward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        raw: torch.Tensor | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> StageStep:
+        """``LocalLearner.local_backward`` for this stage's units on this replica's slice;
+        gradients are averaged over replicas. The caller steps the optimizer.
+
+        Example::
+
+            step = pipe.local_backward(x, y)     # x, y: the whole batch, on every rank
+            optimizer.step()
+        """
+        total, units = len(y), self.units
+        x, y, raw = self.shard(x, y, raw)
+        self.data_parallel.broadcast_buffers(self.owned.buffers())
+        losses, correct, logits = [0.0] * len(units), [0] * len(units), None
+        if len(y):  # a replica whose slice of a small last batch is empty sits it out
+            carry = self.inbox.receive()
+            started = time.perf_counter()
+            unit_losses, unit_correct = self.learner.local_units(
+                x, y, carry, units.start, units.stop, raw=raw, autocast=autocast
+            )
+            losses = torch.stack(unit_losses).tolist()
+            correct = torch.stack(unit_correct).tolist()
+            self.computing += time.perf_counter() - started
+            self.outbox.send(carry)
+            logits = carry.out if self.last else None
+        self.data_parallel.average_gradients(self.parameters(), len(y) / total)
+        return StageStep(units, losses, correct, len(y), logits)
+
+    def evaluate(
+        self, batches: Iterable[tuple[torch.Tensor, ...]], autocast: torch.dtype | None = None
+    ) -> Evaluation:
+        """The inference model and each local head on ``batches``; the same on every rank.
+
+        Example::
+
+            result = pipe.evaluate(data.test())
+            result.accuracy, result.head_accuracies
+        """
+        learner = self.learner
+        with_heads = learner.local_loss == "ce"
+        k = learner.k
+        # Sums: [correct of units 0..K-1 (K-1: the model), their cross-entropies, images]
+        sums = torch.zeros(2 * k + 1, dtype=torch.float64)
+        learner.eval()
+        self.data_parallel.broadcast_buffers(self.owned.buffers())
+        with torch.no_grad():
+            for x, y, *_ in batches:
+                sums[-1] += len(y)
+                x, y = self.shard(x, y)
+                if not len(y):
+                    continue
+                carry = self.inbox.receive()
+                on_boundary = _head_scorer(learner, sums, y) if with_heads else None
+                with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+                    out = learner.network.run(
+                        x, carry, self.units.start, self.units.stop, on_boundary
+                    )
+                if self.last:
+                    _score(sums, k - 1, k, out, y)
+                self.outbox.send(carry)
+        self.flush()
+        learner.train()
+        images = sums[-1].item()
+        sums[-1] = 0  # every rank counted every image
+        self.world.all_reduce(sums)
+        means = (sums[:-1] / images).tolist()
+        heads = k - 1 if with_heads else 0
+        return Evaluation(means[k - 1], means[2 * k - 1], means[:heads], means[k : k + heads])
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``tensor``'s sum (or ``op="max"``) over all ranks, in place (a no-op in one
+        process); returns it.
+
+        Example::
+
+            seen = pipe.all_reduce(torch.tensor([images]))
+        """
+        self.world.all_reduce(tensor, op=op)
+        return tensor
+
+    def flush(self) -> None:
+        """Wait until the last boundary tensors sent have been received."""
+        self.outbox.flush()
+
+
+def _score(sums: torch.Tensor, unit: int, k: int, scores: torch.Tensor, y: torch.Tensor) -> None:
+    """Add ``scores``' correct answers and summed cross-entropy to unit ``unit``'s sums."""
+    sums[unit] += (scores.argmax(1) == y).sum().item()
+    sums[k + unit] += torch.nn.functional.cross_entropy(scores.float(), y, reduction="sum").item()
+
+
+def _head_scorer(learner: LocalLearner, sums: torch.Tensor, y: torch.Tensor):
+    """An ``on_boundary`` that scores head j on its boundary into ``sums``."""
+
+    def score(j: int, h: torch.Tensor) -> None:
+        _score(sums, j, learner.k, learner.heads[j](h), y)
+
+    return score
+
+
+def _device_of(learner: LocalLearner) -> torch.device:
+    parameter = next(learner.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def pipeline(
+    learner: LocalLearner,
+    mesh: DeviceMesh | None = None,
+    device: torch.device | str | None = None,
+    *,
+    balance: str | list[float] = "cost",
+    batch_size: int = 32,
+) -> Pipeline:
+    """This rank's stage of ``learner`` on ``mesh`` (dims ``("dp", "pp")``), its
+    modules moved to ``device`` and the other stages' freed (moved to the meta device).
+
+    Example::
+
+        mesh = init_mesh(pipeline=2)            # under torchrun
+        pipe = pipeline(learner, mesh, balance="time", batch_size=128)
+        step = pipe.local_backward(x, y)        # then optimizer.step()
+
+    Args:
+        balance: what contiguous stages balance: ``cost`` (the partition's objective,
+            heads and bridges included), ``time`` (each unit's step timed once on
+            random data of ``batch_size`` images on ``device``, averaged over
+            ranks: the fastest pipe, since time is not proportional to FLOPs), or
+            one number per unit.
+
+    Raises ``DistributedError`` when the mesh has more stages than ``learner`` has segments.
+    Every split gives the same result; only the speed differs.
+    """
+    return Pipeline(learner, mesh, device, balance=balance, batch_size=batch_size)
