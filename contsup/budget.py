@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 import partitioner
-from contsup.auxiliary import AuxConfig
+from contsup.auxiliary import AuxConfig, BoundaryTooNarrowError
 from contsup.context import gather_sources
-from contsup.geometry import Geometry, geometry_of
+from contsup.geometry import Geometry, LayoutError, geometry_of
 from contsup.memory import SavedTensorTracker
 from partitioner.cost import count_flops
 
@@ -141,7 +141,7 @@ def extra_cost_hook(
             if target not in cache:
                 head, bridge = cost_at(target)
                 cache[target] = head.under(objective), bridge.under(objective)
-        except ValueError:
+        except (LayoutError, BoundaryTooNarrowError):
             return math.inf, math.inf
         return cache[target]
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contsup.errors import ConfigError
+
 __all__ = ["ContextMode", "gather_sources", "parse_context", "recent_sources"]
 
 _PATTERN = re.compile(r"R(\d+)(E?)|E")
@@ -44,7 +46,7 @@ def parse_context(mode: str | ContextMode) -> ContextMode:
         return mode
     match = _PATTERN.fullmatch(mode.strip()) if isinstance(mode, str) else None
     if match is None or (match.group(1) == "0" and match.group(2)):
-        raise ValueError(
+        raise ConfigError(
             f"unknown context mode {mode!r}; use R0 (none), E (the image), Rn (the n most "
             "recent boundaries, n >= 1) or RnE (both), e.g. R1E"
         )

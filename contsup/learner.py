@@ -26,7 +26,7 @@ import partitioner
 from contsup.auxiliary import AuxConfig, aux_config
 from contsup.budget import balance_hook
 from contsup.context import ContextMode, gather_sources, recent_sources
-from contsup.errors import ContsupError
+from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.network import Carry, ContextNetwork, Unit
@@ -248,7 +248,7 @@ class LocalLearner(nn.Module):
 def _default_input(model: nn.Module) -> torch.Tensor:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" not in cfg:
-        raise ValueError("pass example_input: the model has no timm pretrained_cfg input_size")
+        raise ConfigError("pass example_input: the model has no timm pretrained_cfg input_size")
     channels, *size = cfg["input_size"]
     # Models built with another img_size (a ViT at 32x32) keep the default cfg's size;
     # their patch embedding knows the real one.
@@ -267,7 +267,7 @@ def _loss_weights(decoder: Sequence[float] | None, boundaries: int) -> list[tupl
     if decoder is None:
         return [(0.0, 1.0)] * boundaries
     if len(decoder) != 4:
-        raise ValueError(
+        raise ConfigError(
             f"decoder takes four loss scales [ixx_1, ixy_1, ixx_2, ixy_2], got {list(decoder)}"
         )
     xx1, xy1, xx2, xy2 = (float(v) for v in decoder)
@@ -285,7 +285,7 @@ def _segments(
     against each other and, for a saved plan, against the input's shape."""
     if isinstance(cuts, partitioner.Partition):
         if tuple(cuts.input_shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
+            raise ConfigError(
                 f"the plan was made for inputs of shape {tuple(cuts.input_shape[1:])}, "
                 f"not {tuple(x.shape[1:])}"
             )
@@ -293,10 +293,10 @@ def _segments(
     if cuts is not None:
         cuts = list(cuts)
         if k is not None and k != len(cuts) + 1:
-            raise ValueError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
+            raise ConfigError(f"k={k} segments need {k - 1} cuts, got {len(cuts)}")
         k = len(cuts) + 1
     if k is None:
-        raise ValueError("pass k, the number of segments, or cuts")
+        raise ConfigError("pass k, the number of segments, or cuts")
     return k, cuts
 
 
@@ -366,7 +366,7 @@ def wrap(
         part = partitioner.analyze(model, x).split_at(cuts, objective)
     for b in part.boundaries:
         if len(b.tensors) != 1:
-            raise ValueError("context supply needs single-tensor boundaries")
+            raise ConfigError("context supply needs single-tensor boundaries")
     geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
     heads, decoders, bridges = [], [], []
     for i, target in enumerate(geometries):

@@ -16,14 +16,9 @@ from typing import Any
 from torch import nn
 
 import partitioner
-from contsup.errors import ContsupError
 from contsup.models.lookup import create_model
 
-__all__ = ["SplitError", "SplitPlan", "plan_split", "split_summary"]
-
-
-class SplitError(ContsupError):
-    """A context, aux design or head that cannot price this model's boundaries."""
+__all__ = ["SplitPlan", "plan_split", "split_summary"]
 
 
 @dataclass
@@ -98,11 +93,8 @@ def _aux_config(net: nn.Module, x, context: str, aux: str, head: str):
     """The ``AuxConfig`` that ``split --context`` prices, as ``wrap`` would build it."""
     from contsup.learner import aux_config
 
-    try:
-        classes = getattr(net, "num_classes", 0) or 1000
-        return aux_config(net, x, context=context, aux=aux, head=head, num_classes=classes)
-    except ValueError as error:
-        raise SplitError(str(error)) from error
+    classes = getattr(net, "num_classes", 0) or 1000
+    return aux_config(net, x, context=context, aux=aux, head=head, num_classes=classes)
 
 
 def _add_aux_budget(summary: dict[str, Any], plan: SplitPlan) -> None:
@@ -110,10 +102,7 @@ def _add_aux_budget(summary: dict[str, Any], plan: SplitPlan) -> None:
     from contsup.geometry import geometry_of
 
     part, config = plan.partition, plan.config
-    try:
-        geometries = [geometry_of(b.tensors[0], plan.net) for b in part.boundaries]
-    except ValueError as error:
-        raise SplitError(str(error)) from error
+    geometries = [geometry_of(b.tensors[0], plan.net) for b in part.boundaries]
     budget = aux_budget(config, geometries, part.stats, part.input_shape[0])
     summary.update(context=str(config.mode), aux=config.design, head=config.head)
     summary["aux_fractions"] = budget.fractions()

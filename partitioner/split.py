@@ -20,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from partitioner.cuts import is_carried
+from partitioner.errors import PartitionError
 
 __all__ = ["Segment", "segment_graphs"]
 
@@ -87,7 +88,7 @@ def _one_segment(gm, values, nodes, start, stop, inputs, outputs) -> fx.Graph:
 
 def _default_of(placeholder: fx.Node) -> Any:
     if not placeholder.args or placeholder.args[0] is inspect.Parameter.empty:
-        raise ValueError(
+        raise PartitionError(
             f"forward argument '{placeholder.target}' has no default; only the first "
             "argument can be an input of a partitioned model"
         )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import partitioner
-from contsup.auxiliary import AuxConfig
+from contsup.auxiliary import AuxConfig, BoundaryTooNarrowError
 from contsup.budget import STATIC_COPIES, AuxCost, aux_budget, aux_costs, extra_cost_hook
 from contsup.context import parse_context
 from contsup.geometry import Geometry
@@ -85,3 +85,19 @@ def test_budget_has_a_head_and_a_bridge_per_segment_where_they_exist(mode):
     aux = sum(p.numel() for m in (learner.heads, learner.bridges) for p in m.parameters())
     backbone = sum(p.numel() for p in learner.segments.parameters())
     assert budget.fractions()["params"] == pytest.approx(aux / backbone)
+
+
+def test_only_an_unusable_boundary_costs_infinity_a_bug_raises():
+    model = create("resnet20")
+    analysis = partitioner.analyze(model, torch.randn(2, 3, 32, 32))
+    boundary = analysis.boundary(analysis.cuts[0][0])
+
+    def narrow(target):
+        raise BoundaryTooNarrowError("a boundary of 2 channels cannot take 3 context sources")
+
+    def broken(target):
+        raise ValueError("a bug in a bridge builder")
+
+    assert extra_cost_hook(model, "flops", narrow)(boundary) == (math.inf, math.inf)
+    with pytest.raises(ValueError, match="a bug"):
+        extra_cost_hook(model, "flops", broken)(boundary)

@@ -237,6 +237,20 @@ def test_train_user_errors_exit_2(args, message, tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_bug_is_not_mistaken_for_a_user_error(tmp_path, monkeypatch):
+    """Only ContsupError and PartitionError are one sentence and exit 2; a ValueError
+    from a bug inside the trainer keeps its traceback."""
+    import contsup.trainer
+
+    def broken(*args, **kwargs):
+        raise ValueError("Expected input batch_size (4) to match target batch_size (3)")
+
+    monkeypatch.setattr(contsup.trainer, "train", broken)
+    result = run("train", "resnet20", "--dataset", "digits", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "batch_size" in str(result.exception) and "error:" not in result.output
+
+
 def test_train_refuses_to_overwrite_a_run(tmp_path):
     (tmp_path / "checkpoint.json").write_bytes(b"keep me")
     result = run("train", "resnet20", "--dataset", "digits", "--out", str(tmp_path))

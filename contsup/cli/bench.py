@@ -62,23 +62,20 @@ def bench(
         def make_model():
             return timm.create_model(model, num_classes=num_classes, in_chans=size[0])
 
-        try:
-            rows = run_bench(
-                make_model,
-                ks=ks,
-                contexts=contexts,
-                batch_size=batch_size,
-                input_size=size,
-                num_classes=num_classes,
-                device=device,
-                steps=steps,
-                objective=objective,
-                aux=aux,
-                head=head,
-                on_row=on_row,
-            )
-        except ValueError as error:
-            raise UserError(str(error)) from error
+        rows = run_bench(
+            make_model,
+            ks=ks,
+            contexts=contexts,
+            batch_size=batch_size,
+            input_size=size,
+            num_classes=num_classes,
+            device=device,
+            steps=steps,
+            objective=objective,
+            aux=aux,
+            head=head,
+            on_row=on_row,
+        )
         result = {
             **_machine(device),
             "model": model,
@@ -104,12 +101,9 @@ def _checked_options(
     from contsup.heads import parse_head
 
     ks = int_list(k, "--k")
-    try:
-        contexts = [str(parse_context(c)) for c in context.split(",")]
-        get_design(aux)
-        parse_head(head)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    contexts = [str(parse_context(c)) for c in context.split(",")]
+    get_design(aux)
+    parse_head(head)
     partitioner.check_objective(objective)
     if objective == "time":  # predictions come from the meta device, which has no clock
         raise UserError("bench balances cuts by flops, memory or params, not time")

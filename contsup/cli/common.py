@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from contsup.errors import ContsupError
+
 __all__ = ["UserError", "app", "int_list", "print_error", "stderr", "stdout", "user_errors"]
 
 app = typer.Typer(
@@ -26,7 +28,7 @@ stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True)
 
 
-class UserError(Exception):
+class UserError(ContsupError):
     """A mistake in a command's options; reported in one sentence, exit code 2."""
 
 
@@ -46,11 +48,10 @@ def user_errors() -> Iterator[None]:
     """
     # Imported here: --help and usage errors must not wait for torch.
     import partitioner
-    from contsup.errors import ContsupError
 
     try:
         yield
-    except (UserError, ContsupError, partitioner.PartitionError) as error:
+    except (ContsupError, partitioner.PartitionError) as error:
         print_error(error)
         raise typer.Exit(2) from None
 

@@ -167,8 +167,6 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     except (TrainingDiverged, RankLost) as error:
         print_error(error)
         raise typer.Exit(1) from None
-    except ValueError as error:  # wrap's checks of context, head, loss and decoder
-        raise UserError(str(error)) from error
     if not main:
         return None
     report.print(
