@@ -25,16 +25,15 @@ from contsup.atomic import write_text_atomic
 from contsup.errors import ContsupError
 
 if TYPE_CHECKING:
-    from contsup.distributed import Evaluation, Pipeline, StageStep
+    from contsup.distributed import Pipeline, StageStep
 
 __all__ = [
     "EpochRecord",
     "MetricsError",
-    "HeldOutScores",
+    "Evaluation",
     "UnitMeans",
     "UnitTotals",
     "read_metrics",
-    "held_out_scores",
     "write_metrics",
 ]
 
@@ -85,6 +84,13 @@ class UnitTotals:
         self.correct[units.start : units.stop] += torch.tensor(step.correct)
         self.images += images
 
+    def score(self, unit: int, scores: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a test batch of unit ``unit``: its summed cross-entropy and correct answers
+        (count the batch's images with ``images``)."""
+        loss = torch.nn.functional.cross_entropy(scores.float(), y, reduction="sum")
+        self.losses[unit] += loss.item()
+        self.correct[unit] += (scores.argmax(1) == y).sum().item()
+
     def means(self, pipe: Pipeline) -> UnitMeans:
         """Every unit's means over all ranks' images (each rank sums its own units)."""
         k = len(self.losses)
@@ -94,27 +100,24 @@ class UnitTotals:
 
 
 @dataclass
-class HeldOutScores:
-    """The model's test accuracy and loss, and each local head's (none if contrastive)."""
+class Evaluation:
+    """Test results, the same on every rank. Head lists are empty for contrastive heads.
+
+    ``accuracy`` and ``loss``: the inference model's top-1 accuracy and mean
+    cross-entropy; ``head_accuracies`` and ``head_losses``: each local head's, on
+    its own boundary (how linearly separable each depth is).
+    """
 
     accuracy: float
     loss: float
     head_accuracies: list[float]
     head_losses: list[float]
 
-
-def held_out_scores(evaluation: Evaluation) -> HeldOutScores:
-    """What a ``Pipeline.evaluate`` result says, as the epoch record takes it.
-
-    Example::
-
-        scores = held_out_scores(pipe.evaluate(data.test()))
-
-    The one place that reads the pipeline's evaluation.
-    """
-    return HeldOutScores(
-        evaluation.accuracy, evaluation.loss, evaluation.head_accuracies, evaluation.head_losses
-    )
+    @classmethod
+    def of(cls, means: UnitMeans, heads: int) -> Evaluation:
+        """The model's (last unit's) and the first ``heads`` heads' means."""
+        return cls(means.accuracies[-1], means.losses[-1], means.accuracies[:heads],
+                   means.losses[:heads])  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -145,7 +148,7 @@ class EpochRecord:
     peak_memory_bytes: int | None = None
 
     @classmethod
-    def of(cls, epoch: int, train: UnitMeans, test: HeldOutScores, **timing: float) -> EpochRecord:
+    def of(cls, epoch: int, train: UnitMeans, test: Evaluation, **timing: float) -> EpochRecord:
         """The record of an epoch's training means and test scores, plus ``lr``,
         ``seconds``, ``images_per_s`` and ``peak_memory_bytes``."""
         heads = len(test.head_accuracies)

@@ -40,7 +40,7 @@ from contsup.data import Batches, steps_per_epoch
 from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
 from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
-from contsup.metrics import EpochRecord, UnitTotals, held_out_scores, write_metrics
+from contsup.metrics import EpochRecord, UnitTotals, write_metrics
 from contsup.schedule import schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
 
@@ -180,7 +180,7 @@ def _epoch(run: _Run, epoch: int, on_step) -> EpochRecord:
     train_seconds = time.perf_counter() - started
     means = totals.means(run.pipe)
     peak = run.pipe.all_reduce(torch.tensor([peak]), op="max").item()
-    test = held_out_scores(run.pipe.evaluate(run.data.test(), run.autocast))
+    test = run.pipe.evaluate(run.data.test(), run.autocast)
     return EpochRecord.of(
         epoch,
         means,

@@ -18,14 +18,19 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules ``name`` imports, at any depth of its code.
+    """The project modules ``name`` imports when it runs, at any depth of its code.
 
     ``from a.b import c`` imports ``a.b.c`` when that is a module, else ``a.b``; a
     package's ``__init__`` is not counted as imported by its submodules' imports.
     """
     package = name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    # Imports under ``if TYPE_CHECKING:`` never run: type checkers read them, Python does not.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):

@@ -16,6 +16,7 @@ from contsup.distributed.replica import replicas, world
 from contsup.distributed.stage import Stage
 from contsup.distributed.wire import Clock, inbox, outbox
 from contsup.learner import LocalLearner
+from contsup.metrics import Evaluation, UnitTotals
 
 __all__ = ["Evaluation", "Pipeline", "StageStep", "pipeline"]
 
@@ -34,21 +35,6 @@ class StageStep:
     correct: list[int]
     size: int
     logits: torch.Tensor | None
-
-
-@dataclass
-class Evaluation:
-    """Test results, the same on every rank. Head lists are empty for contrastive heads.
-
-    ``accuracy`` and ``loss``: the inference model's top-1 accuracy and mean
-    cross-entropy; ``head_accuracies`` and ``head_losses``: each local head's, on
-    its own boundary (how linearly separable each depth is).
-    """
-
-    accuracy: float
-    loss: float
-    head_accuracies: list[float]
-    head_losses: list[float]
 
 
 class Pipeline:
@@ -201,34 +187,27 @@ class Pipeline:
         """
         learner = self.learner
         with_heads = learner.local_loss == "ce"
-        k = learner.k
-        # Sums: [correct of units 0..K-1 (K-1: the model), their cross-entropies, images]
-        sums = torch.zeros(2 * k + 1, dtype=torch.float64)
+        totals = UnitTotals.zeros(learner.k)
         learner.eval()
         self.data_parallel.broadcast_buffers(self.owned.buffers())
         with torch.no_grad():
             for x, y, *_ in batches:
-                sums[-1] += len(y)
+                totals.images += len(y)  # the whole batch: every rank counts every image
                 x, y = self.shard(x, y)
                 if not len(y):
                     continue
                 carry = self.inbox.receive()
-                on_boundary = _head_scorer(learner, sums, y) if with_heads else None
+                on_boundary = _head_scorer(learner, totals, y) if with_heads else None
                 with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
                     out = learner.network.run(
                         x, carry, self.units.start, self.units.stop, on_boundary
                     )
                 if self.last:
-                    _score(sums, k - 1, k, out, y)
+                    totals.score(learner.k - 1, out, y)
                 self.outbox.send(carry)
         self.flush()
         learner.train()
-        images = sums[-1].item()
-        sums[-1] = 0  # every rank counted every image
-        self.world.all_reduce(sums)
-        means = (sums[:-1] / images).tolist()
-        heads = k - 1 if with_heads else 0
-        return Evaluation(means[k - 1], means[2 * k - 1], means[:heads], means[k : k + heads])
+        return Evaluation.of(totals.means(self), learner.k - 1 if with_heads else 0)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``tensor``'s sum (or ``op="max"``) over all ranks, in place (a no-op in one
@@ -246,17 +225,11 @@ class Pipeline:
         self.outbox.flush()
 
 
-def _score(sums: torch.Tensor, unit: int, k: int, scores: torch.Tensor, y: torch.Tensor) -> None:
-    """Add ``scores``' correct answers and summed cross-entropy to unit ``unit``'s sums."""
-    sums[unit] += (scores.argmax(1) == y).sum().item()
-    sums[k + unit] += torch.nn.functional.cross_entropy(scores.float(), y, reduction="sum").item()
-
-
-def _head_scorer(learner: LocalLearner, sums: torch.Tensor, y: torch.Tensor):
-    """An ``on_boundary`` that scores head j on its boundary into ``sums``."""
+def _head_scorer(learner: LocalLearner, totals: UnitTotals, y: torch.Tensor):
+    """An ``on_boundary`` that scores head j on its boundary into ``totals``."""
 
     def score(j: int, h: torch.Tensor) -> None:
-        _score(sums, j, learner.k, learner.heads[j](h), y)
+        totals.score(j, learner.heads[j](h), y)
 
     return score
 
