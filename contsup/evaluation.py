@@ -34,11 +34,11 @@ def evaluate_run(
     whole test split); without it, the run's own dataset and test images. Returns
     the ``contsup eval --json`` object.
     """
+    from contsup.building import resolve_device
     from contsup.data import load_dataset
     from contsup.devices import check_device
     from contsup.distributed import pipeline
     from contsup.runs import open_run
-    from contsup.trainer import resolve_device
 
     check_device(device)
     run = open_run(run_dir, best=best)

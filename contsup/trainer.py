@@ -26,12 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from contsup.building import (
-    PlanError,
     build,
-    build_learner,
     cut_nodes,
     default_threads,
-    plan_cuts,
     resolve_device,
 )
 from contsup.checkpoint_manager import CheckpointManager
@@ -44,18 +41,8 @@ from contsup.metrics import EpochRecord, UnitTotals, write_metrics
 from contsup.schedule import schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
 
-__all__ = [
-    "PlanError",
-    "TrainConfig",
-    "TrainingDiverged",
-    "build",
-    "build_learner",
-    "cut_nodes",
-    "default_threads",
-    "plan_cuts",
-    "resolve_device",
-    "train",
-]
+# TrainConfig (contsup.config) stays importable from here, where contsup 0.3 had it.
+__all__ = ["TrainConfig", "TrainingDiverged", "train"]
 
 
 class TrainingDiverged(RuntimeError):

@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import contsup
+from contsup.building import build_learner
 from contsup.checkpoint import (
     CheckpointError,
     _decode,
@@ -22,7 +23,7 @@ from contsup.checkpoint import (
 from contsup.cli import app
 from contsup.data import Batches, parse_dataset
 from contsup.runs import ExportError, RawImageNetwork, open_run
-from contsup.trainer import TrainConfig, build_learner, train
+from contsup.trainer import TrainConfig, train
 from tests.conftest import checkpoint_tensors
 
 runner = CliRunner()

@@ -171,7 +171,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 
 def test_threads_are_set_and_shared_by_the_processes_of_a_machine(tmp_path, monkeypatch):
-    from contsup.trainer import default_threads
+    from contsup.building import default_threads
 
     before = torch.get_num_threads()
     try:

@@ -179,7 +179,7 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
 
 def _run_line(config, label: str) -> str:
     """What a run is about to do, printed before anything slow starts."""
-    from contsup.trainer import default_threads, resolve_device
+    from contsup.building import default_threads, resolve_device
 
     device = resolve_device(config.device)
     threads = f" with {config.threads or default_threads()} threads" if device.type == "cpu" else ""

@@ -85,24 +85,8 @@ class Pipeline:
         return self.layout.units
 
     @property
-    def bounds(self) -> list[int]:
-        return list(self.layout.bounds)
-
-    @property
     def stage(self) -> int:
         return self.layout.stage
-
-    @property
-    def stages(self) -> int:
-        return self.layout.stages
-
-    @property
-    def replica(self) -> int:
-        return self.layout.replica
-
-    @property
-    def replicas(self) -> int:
-        return self.layout.replicas
 
     @property
     def first(self) -> bool:
