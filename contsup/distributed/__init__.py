@@ -24,8 +24,9 @@ parallelism within a stage) and ``pipe`` (the ``Pipeline`` composing them).
 from contsup.distributed.errors import DistributedError, RankLost
 from contsup.distributed.launch import TIMEOUT, init_mesh, launched
 from contsup.distributed.layout import Layout, stage_bounds, unit_costs, unit_seconds
-from contsup.distributed.pipe import Evaluation, Pipeline, StageStep, pipeline
+from contsup.distributed.pipe import Pipeline, StageStep, pipeline
 from contsup.distributed.stage import Stage
+from contsup.metrics import Evaluation
 
 __all__ = [
     "DistributedError",

@@ -18,7 +18,7 @@ from contsup.distributed.wire import Clock, inbox, outbox
 from contsup.learner import LocalLearner
 from contsup.metrics import Evaluation, UnitTotals
 
-__all__ = ["Evaluation", "Pipeline", "StageStep", "pipeline"]
+__all__ = ["Pipeline", "StageStep", "pipeline"]
 
 
 @dataclass
