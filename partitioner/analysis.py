@@ -1,12 +1,10 @@
 """``analyze``, the ``Analysis`` it returns, and the ``Partition`` that one makes.
 
-An Analysis is everything known about a model before choosing cuts; its
-``partition`` (balanced) and ``split_at`` (explicit) return a Partition, both the
-runnable result (an ``nn.Module`` whose segments chained reproduce the model) and
-a plan: ``to_json()`` records where it cut and what each segment costs, and
-``Partition.from_json`` re-applies those cuts to a fresh instance of the model.
-Partition lives here with Analysis because each builds the other (``from_json``
-analyses the model again), and modules never import each other in a circle.
+An Analysis is everything known about a model before choosing cuts; ``partition``
+(balanced) and ``split_at`` (explicit) turn it into a Partition: the runnable
+result, and a plan that ``to_json`` saves and ``Partition.from_json`` re-applies.
+Partition lives here because each class builds the other (``from_json`` analyses
+the model again), and modules never import each other in a circle.
 """
 
 from __future__ import annotations
@@ -93,6 +91,7 @@ class Analysis:
         return trainable_params(self.train)
 
     def check_k(self, k: int) -> None:
+        """Raise ``PartitionError`` unless ``k`` is an int from 1 to ``max_k``."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
             raise PartitionError(
                 f"k must be between 1 and {self.max_k} for {type(self.model).__name__} "
