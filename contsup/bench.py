@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -208,6 +208,7 @@ def run_bench(
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, *input_size, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    bench = _Bench(make_model, x, y, device, steps)
     rows: list[BenchRow] = []
 
     def emit(row: BenchRow) -> None:
@@ -223,60 +224,90 @@ def run_bench(
     for k in ks:  # a bad K is an error before anything is measured
         analysis.check_k(k)
 
-    model = make_model().to(device)
-    optimizer = _sgd(model.parameters())
-    step = partial(_e2e_step, model, optimizer, x, y)
-    measured = measure(step, list(model.parameters()), optimizer, device, (x, y), steps=steps)
-    predicted = e2e_activation + _predicted_static(list(model.parameters()))
-    emit(_row("e2e", 1, None, measured, batch_size, predicted))
-    del model, optimizer, step
-
+    emit(bench.e2e(e2e_activation))
     for k in ks:
-        model = make_model().to(device)
-        part = partitioner.partition(model, x, k, objective)
-        optimizer = _sgd(model.parameters())
-        step = partial(_checkpoint_step, part, optimizer, x, y)
-        measured = measure(step, list(model.parameters()), optimizer, device, (x, y), steps=steps)
-        emit(_row("checkpoint", k, None, measured, batch_size, _predict_checkpoint(part, x)))
-        del model, part, optimizer, step
-
+        emit(bench.checkpointed(k, objective))
         meta_x = torch.empty(x.shape, device="meta")
-        runs = []  # (mode, wrap options, the same learner on the meta device)
-        for context in contexts:
-            options = dict(context=context, aux=aux, head=head, objective=objective)
-            runs.append(("local", options, wrap(meta_model, k, example_input=meta_x, **options)))
-        # The floor runs at the first context row's cuts: the two then differ only
-        # by what its heads and bridges add.
-        floor = dict(context="R0", aux=aux, head="0c1f", objective=objective)
-        floor["cuts"] = runs[0][2].partition
-        runs.insert(0, ("floor", floor, wrap(meta_model, k, example_input=meta_x, **floor)))
+        runs = _local_runs(meta_model, k, meta_x, contexts, aux=aux, head=head, objective=objective)
         for mode, options, meta in runs:
-            learner = wrap(make_model().to(device), k, example_input=x, **options)
-            optimizer = _sgd(learner.parameters())
-            step = partial(_local_step, learner, optimizer, x, y)
-            measured = measure(
-                step, list(learner.parameters()), optimizer, device, (x, y), steps=steps
-            )
-            predicted = predict_local(meta, meta_x, y.to("meta"))
-            budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, batch_size)
-            fractions = budget.fractions()
-            emit(
-                _row(
-                    mode,
-                    k,
-                    options["context"],
-                    measured,
-                    batch_size,
-                    predicted,
-                    aux=aux,
-                    head=options["head"],
-                    aux_params_fraction=fractions["params"],
-                    aux_flops_fraction=fractions["flops"],
-                    aux_saved_fraction=fractions["saved_bytes"],
-                )
-            )
-            del learner, optimizer, step
+            emit(bench.local(mode, k, options, meta))
     return rows
+
+
+def _local_runs(
+    meta_model: nn.Module, k: int, meta_x: torch.Tensor, contexts: Sequence[str], **options
+) -> list[tuple[str, dict, LocalLearner]]:
+    """``(mode, wrap options, the same learner built on the meta device)`` of the floor
+    and of each context's local run; ``options`` are ``aux``, ``head`` and ``objective``."""
+    runs = []
+    for context in contexts:
+        local = dict(context=context, **options)
+        runs.append(("local", local, wrap(meta_model, k, example_input=meta_x, **local)))
+    # The floor runs at the first context row's cuts: the two then differ only
+    # by what its heads and bridges add.
+    floor = dict(options, context="R0", head="0c1f", cuts=runs[0][2].partition)
+    runs.insert(0, ("floor", floor, wrap(meta_model, k, example_input=meta_x, **floor)))
+    return runs
+
+
+@dataclass
+class _Bench:
+    """Measures each configuration on one synthetic batch ``x``, ``y``, each on a
+    fresh model from ``make_model`` and a fresh optimizer."""
+
+    make_model: Callable[[], nn.Module]
+    x: torch.Tensor
+    y: torch.Tensor
+    device: torch.device
+    steps: int
+
+    def _measure(
+        self,
+        step: Callable[[], None],
+        params: Iterable[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+    ) -> tuple[int, int, int, float]:
+        batch = (self.x, self.y)
+        return measure(step, list(params), optimizer, self.device, batch, steps=self.steps)
+
+    def e2e(self, predicted_activation: int) -> BenchRow:
+        model = self.make_model().to(self.device)
+        optimizer = _sgd(model.parameters())
+        step = partial(_e2e_step, model, optimizer, self.x, self.y)
+        measured = self._measure(step, model.parameters(), optimizer)
+        predicted = predicted_activation + _predicted_static(list(model.parameters()))
+        return _row("e2e", 1, None, measured, len(self.x), predicted)
+
+    def checkpointed(self, k: int, objective: str) -> BenchRow:
+        model = self.make_model().to(self.device)
+        part = partitioner.partition(model, self.x, k, objective)
+        optimizer = _sgd(model.parameters())
+        step = partial(_checkpoint_step, part, optimizer, self.x, self.y)
+        measured = self._measure(step, model.parameters(), optimizer)
+        predicted = _predict_checkpoint(part, self.x)
+        return _row("checkpoint", k, None, measured, len(self.x), predicted)
+
+    def local(self, mode: str, k: int, options: dict, meta: LocalLearner) -> BenchRow:
+        learner = wrap(self.make_model().to(self.device), k, example_input=self.x, **options)
+        optimizer = _sgd(learner.parameters())
+        step = partial(_local_step, learner, optimizer, self.x, self.y)
+        measured = self._measure(step, learner.parameters(), optimizer)
+        predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
+        budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, len(self.x))
+        fractions = budget.fractions()
+        return _row(
+            mode,
+            k,
+            options["context"],
+            measured,
+            len(self.x),
+            predicted,
+            aux=options["aux"],
+            head=options["head"],
+            aux_params_fraction=fractions["params"],
+            aux_flops_fraction=fractions["flops"],
+            aux_saved_fraction=fractions["saved_bytes"],
+        )
 
 
 def _row(mode, k, context, measured, batch_size, predicted, **aux) -> BenchRow:

@@ -39,31 +39,8 @@ def print_split_table(console: Console, summary: dict, part: Partition, batch_si
         table.add_column(
             column, justify="left" if "node" in column or column == "output" else "right"
         )
-    outputs = [
-        ", ".join(f"{'x'.join(map(str, t.shape))} {t.layout}" for t in b.tensors)
-        for b in part.boundaries
-    ]
-    last = part.stats[-1].output_shape
-    outputs.append("x".join(map(str, last)) if last else "-")
-    for row, output in zip(summary["segments"], outputs):
-        table.add_row(
-            str(row["index"]),
-            row["first_node"],
-            row["last_node"],
-            f"{row['params']:,}",
-            f"{row['flops'] / batch_size / 1e9:.3f}",
-            f"{row['activation_bytes'] / 2**20:.2f}",
-            *(
-                (
-                    f"{row['head_params'] + row['bridge_params']:,}",
-                    f"{(row['head_flops'] + row['bridge_flops']) / batch_size / 1e9:.4f}",
-                    f"{(row['head_saved_bytes'] + row['bridge_saved_bytes']) / 2**20:.2f}",
-                )
-                if with_aux
-                else ()
-            ),
-            output,
-        )
+    for row, output in zip(summary["segments"], _segment_outputs(part)):
+        table.add_row(*_segment_cells(row, batch_size, with_aux), output)
     console.print(table)
     if with_aux:
         f = summary["aux_fractions"]
@@ -77,6 +54,37 @@ def print_split_table(console: Console, summary: dict, part: Partition, batch_si
         f"imbalance (max/mean {summary['objective']}): [bold]{summary['imbalance']:.3f}[/bold]; "
         "forward FLOPs per image (training ~3x); activation = bytes saved for backward"
     )
+
+
+def _segment_outputs(part: Partition) -> list[str]:
+    """What each segment hands on: its boundary's tensors with their layouts, and the
+    model's output shape for the last (``-`` if it is not one tensor)."""
+    outputs = [
+        ", ".join(f"{'x'.join(map(str, t.shape))} {t.layout}" for t in b.tensors)
+        for b in part.boundaries
+    ]
+    last = part.stats[-1].output_shape
+    outputs.append("x".join(map(str, last)) if last else "-")
+    return outputs
+
+
+def _segment_cells(row: dict, batch_size: int, with_aux: bool) -> list[str]:
+    """One segment's cells, from ``#`` to the aux columns (those only ``with_aux``)."""
+    cells = [
+        str(row["index"]),
+        row["first_node"],
+        row["last_node"],
+        f"{row['params']:,}",
+        f"{row['flops'] / batch_size / 1e9:.3f}",
+        f"{row['activation_bytes'] / 2**20:.2f}",
+    ]
+    if with_aux:
+        cells += [
+            f"{row['head_params'] + row['bridge_params']:,}",
+            f"{(row['head_flops'] + row['bridge_flops']) / batch_size / 1e9:.4f}",
+            f"{(row['head_saved_bytes'] + row['bridge_saved_bytes']) / 2**20:.2f}",
+        ]
+    return cells
 
 
 def _percent(value: float | None) -> str:

@@ -9,7 +9,8 @@ Example::
 The partitioner knows nothing about local learning: it traces (``trace``), finds
 where exactly one tensor crosses (``cuts``), measures costs on the meta device
 (``cost``), derives each tensor's memory layout (``layout``), balances
-(``balance``) and splits (``split``); ``plan`` ties them up.
+(``balance``, ``choice``) and splits (``split``); ``analysis`` and ``plan`` tie
+them up.
 """
 
 from partitioner.boundary import Boundary, TensorSpec

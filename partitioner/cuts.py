@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-__all__ = ["Cut", "cut_candidates", "is_carried", "node_key", "tensor_count"]
+__all__ = ["Cut", "cut_candidates", "is_carried", "node_key", "paired_cuts", "tensor_count"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,33 @@ def node_key(gm: fx.GraphModule) -> dict[str, tuple]:
         keys[n.name] = (*base, counts[base])
         counts[base] += 1
     return keys
+
+
+def paired_cuts(
+    train: tuple[fx.GraphModule, dict[str, Any]],
+    evaluation: tuple[fx.GraphModule, dict[str, Any]],
+    *,
+    max_boundary_tensors: int = 1,
+) -> list[tuple[Cut, Cut]]:
+    """The cuts valid in both the training and the evaluation graph, each with its twin.
+
+    Example::
+
+        pairs = paired_cuts((train_gm, train_values), (eval_gm, eval_values))
+        [train_cut.boundary for train_cut, _ in pairs][:3]
+
+    ``train`` and ``evaluation`` are a graph and its profiled values. Twins are matched
+    by ``node_key``; a cut is kept only when its twin comes after the previous
+    kept one's, so the pairs are in the same order in both graphs.
+    """
+    found = []
+    for gm, values in (train, evaluation):
+        keys = node_key(gm)
+        cuts = cut_candidates(gm, values, max_boundary_tensors=max_boundary_tensors)
+        found.append({tuple(keys[b] for b in c.boundary): c for c in cuts})
+    paired: list[tuple[Cut, Cut]] = []
+    for key, cut in found[0].items():
+        twin = found[1].get(key)
+        if twin is not None and (not paired or twin.position > paired[-1][1].position):
+            paired.append((cut, twin))
+    return paired

@@ -26,8 +26,6 @@ A tensor whose axes are all known gets its layout's name (``NCHW``, ``NHWC``,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,13 +33,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from partitioner.axes import Axes, agreed, broadcast, moved, regroup
+
 __all__ = ["UNKNOWN", "tensor_layouts"]
 
 UNKNOWN = "unknown"
-
-Axes = tuple[str, ...]
-"""One role per axis: batch ``N``, channels ``C``, a part of the channels ``c``
-(attention heads), space ``S``, a size-1 axis with no role ``1``, or unknown ``?``."""
 
 _NAMES = {
     ("N", "C", "S", "S"): "NCHW",
@@ -235,15 +231,15 @@ def _derive(gm: fx.GraphModule, node: fx.Node, axes: dict[str, Any], values: dic
     if name in _CONVOLUTIONS and isinstance(source, tuple) and len(source) >= 2:
         return (source[0], "C", *source[2:])
     if name in _RESHAPES:
-        return _regroup(source, _shape(values, first), _shape(values, node))
+        return regroup(source, _shape(values, first), _shape(values, node))
     if name in _MOVES:
-        return _moved(name, source, _int_args(node, values))
+        return moved(name, source, _int_args(node, values))
     if name in {"matmul", "bmm", "scaled_dot_product_attention"}:
         return _product(name, node, axes, values)
     if name in _REDUCTIONS:
         return _reduced(node, source, values)
     if name in {"cat", "concat", "concatenate"}:
-        return _agreed([axes[n.name] for n in inputs if isinstance(axes[n.name], tuple)])
+        return agreed([axes[n.name] for n in inputs if isinstance(axes[n.name], tuple)])
     if name in {"chunk", "split", "tensor_split"}:
         return [source] * len(values[node.name])
     if name == "unbind" and isinstance(source, tuple):
@@ -287,52 +283,7 @@ def _elementwise(node: fx.Node, inputs: list[fx.Node], axes: dict, values: dict)
     ]
     if len(operands) == 1 and len(operands[0][0]) == len(out):
         return operands[0][0]  # one input: sizes may change (padding, pooling), axes do not
-    return _broadcast(operands, out)
-
-
-def _broadcast(operands: list[tuple[Axes, tuple[int, ...]]], out: tuple[int, ...]) -> Axes:
-    """Axes of a result of shape ``out`` that ``operands`` broadcast to."""
-    result = []
-    for i, size in enumerate(out):
-        roles = []
-        for a, shape in operands:
-            j = i - (len(out) - len(shape))  # operands broadcast from the right
-            # An operand broadcast along this axis says nothing about it.
-            if j >= 0 and shape[j] == size:
-                roles.append(a[j])
-        result.append(_agree(roles))
-    return tuple(result)
-
-
-def _agree(roles: Sequence[str]) -> str:
-    known = {r for r in roles if r not in ("?", "1")}
-    if len(known) == 1:
-        return known.pop()
-    if known or "?" in roles or not roles:
-        return "?"
-    return "1"
-
-
-def _agreed(operands: list[Axes]) -> Axes | None:
-    """Axes of a concatenation: each axis as the operands agree on it."""
-    if not operands or len({len(a) for a in operands}) != 1:
-        return None
-    return tuple(_agree(roles) for roles in zip(*operands))
-
-
-def _moved(name: str, source: Any, args: list[int]) -> Axes | None:
-    if not isinstance(source, tuple) or len(args) < (1 if name == "permute" else 2):
-        return None
-    n = len(source)
-    order = list(range(n))
-    if name == "permute":
-        order = [a % n for a in args]
-    elif name == "movedim":
-        order.insert(args[1] % n, order.pop(args[0] % n))
-    else:
-        a, b = args[0] % n, args[1] % n
-        order[a], order[b] = order[b], order[a]
-    return tuple(source[i] for i in order) if sorted(order) == list(range(n)) else None
+    return broadcast(operands, out)
 
 
 def _product(name: str, node: fx.Node, axes: dict, values: dict) -> Axes | None:
@@ -352,57 +303,7 @@ def _product(name: str, node: fx.Node, axes: dict, values: dict) -> Axes | None:
         return None
     out = _shape(values, node)
     batch = [(left[:-2], _shape(values, a)[:-2]), (right[:-2], _shape(values, b)[:-2])]
-    return (*_broadcast(batch, out[:-2]), left[-2], right[-1])
-
-
-def _regroup(source: Any, old: tuple[int, ...], new: tuple[int, ...]) -> Axes | None:
-    """Axes after a reshape from ``old`` to ``new``: groups of axes with equal products.
-
-    Example::
-
-        >>> _regroup(("N", "S", "C"), (2, 49, 96), (2, 7, 7, 96))
-        ('N', 'S', 'S', 'C')
-        >>> _regroup(("N", "S", "S", "S", "S", "C"), (2, 2, 2, 7, 7, 96), (8, 7, 7, 96))
-        ('?', 'S', 'S', 'C')
-    """
-    if not isinstance(source, tuple) or 0 in old or math.prod(old) != math.prod(new):
-        return None
-    result: list[str] = []
-    i = j = 0
-    while i < len(old) and j < len(new):
-        if old[i] == new[j]:  # an axis that survives keeps its role, even at size 1
-            result.append(source[i])
-            i, j = i + 1, j + 1
-            continue
-        i0, j0, a, b = i, j, old[i], new[j]
-        i, j = i + 1, j + 1
-        while a != b:  # equal products end the group before either shape runs out
-            if a < b:
-                a, i = a * old[i], i + 1
-            else:
-                b, j = b * new[j], j + 1
-        result += _group(source[i0:i], old[i0:i], new[j0:j])
-    return (*result, *("1" * (len(new) - j)))
-
-
-def _group(roles: Axes, old: tuple[int, ...], new: tuple[int, ...]) -> list[str]:
-    """Roles of the axes ``new`` that a reshape makes of the axes ``old``."""
-    # A size-1 axis is dropped unless it is the batch or channels (a batch of one).
-    kept = [r for r, size in zip(roles, old) if size != 1 or r in ("N", "C")]
-    targets = [k for k, size in enumerate(new) if size != 1]
-    if kept and set(kept) == {"S"}:
-        role = "S"
-    elif len(targets) > 1:
-        role = "c" if kept in (["C"], ["c"]) else "?"  # channels split into heads
-    elif len(kept) == 1:
-        role = kept[0]
-    elif kept and set(kept) <= {"C", "c"}:
-        role = "C"  # heads merged back
-    elif sorted(kept) == ["C", *("S" * (len(kept) - 1))]:
-        role = "C"  # space folded into channels (patch merging, flatten(1))
-    else:
-        role = "?"
-    return [role if k in targets else "1" for k in range(len(new))]
+    return (*broadcast(batch, out[:-2]), left[-2], right[-1])
 
 
 def _reduced(node: fx.Node, source: Any, values: dict) -> Axes | None:

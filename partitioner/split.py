@@ -22,7 +22,7 @@ from torch import nn
 from partitioner.cuts import is_carried
 from partitioner.errors import PartitionError
 
-__all__ = ["Segment", "segment_graphs"]
+__all__ = ["Segment", "assign_ownership", "segment_graphs"]
 
 
 def segment_graphs(
@@ -175,3 +175,45 @@ class Segment(nn.Module):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._forwards = {mode: _compile(g) for mode, g in self._graphs.items()}
+
+
+def assign_ownership(model: nn.Module, segments: Sequence[Segment]) -> None:
+    """Every parameter and buffer in exactly one segment; unused ones join a relative.
+
+    Example::
+
+        segments = [Segment(model, t, e) for t, e in zip(train_graphs, eval_graphs)]
+        assign_ownership(model, segments)
+
+    Tied weights used by two segments raise ``PartitionError``: each segment
+    trains its own parameters, so a shared one could not be split.
+    """
+    owner: dict[int, int] = {}
+    for i, segment in enumerate(segments):
+        for name, t in [*segment.named_parameters(), *segment.named_buffers()]:
+            if owner.setdefault(id(t), i) != i:
+                raise PartitionError(
+                    f"'{name}' is used by segments {owner[id(t)]} and {i}; tied weights "
+                    "cannot be split across segments (untie them or use a smaller k)"
+                )
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        if id(t) not in owner:
+            owner[id(t)] = _nearest_relative(name, segments)
+            segments[owner[id(t)]]._adopt(model, name)
+
+
+def _nearest_relative(path: str, segments: Sequence[Segment]) -> int:
+    """The segment holding the closest relative of ``path`` (the last one if none does)."""
+    names = [[n for n, _ in (*s.named_parameters(), *s.named_buffers())] for s in segments]
+    parts = path.split(".")[:-1]
+    while parts:
+        prefix = ".".join(parts) + "."
+        for i, segment_names in enumerate(names):
+            if any(n.startswith(prefix) for n in segment_names):
+                return i
+        parts.pop()
+    return len(segments) - 1

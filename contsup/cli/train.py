@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from contsup.cli.common import UserError, app, print_error, stderr, stdout, user_errors
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["train"]
 
@@ -116,8 +119,6 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     """Train one run; None on ranks other than global rank 0, which do not report."""
     import os
 
-    from rich.progress import BarColumn, Progress, TextColumn
-
     from contsup.devices import check_device
     from contsup.distributed import RankLost
     from contsup.models.lookup import check_model_name
@@ -128,6 +129,30 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     check_device(config.device)
     main = os.environ.get("RANK", "0") == "0"
     report = stderr if as_json else stdout
+    if main:
+        report.print(_run_line(config, label), highlight=False, soft_wrap=True)
+    progress, on_step, on_epoch = _reporters(config, label, report, main)
+    try:
+        with progress:
+            summary = train(config, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    except (TrainingDiverged, RankLost) as error:
+        print_error(error)
+        raise typer.Exit(1) from None
+    if not main:
+        return None
+    report.print(
+        f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
+        f"run in {summary['out_dir']}",
+        highlight=False,
+    )
+    return summary
+
+
+def _reporters(config, label: str, report: Console, main: bool) -> tuple:
+    """``(progress bar, on_step, on_epoch)`` for ``train``: the bar (on rank 0 only), a
+    line per epoch, and without a terminal a plain line every ``PROGRESS_SECONDS``."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -137,8 +162,6 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
         disable=not main,
     )
     task = progress.add_task(f"{label or config.model} epoch", total=None, loss=0.0, ips=0.0)
-    if main:
-        report.print(_run_line(config, label), highlight=False, soft_wrap=True)
     # A log file or a cluster job sees no progress bar: a plain line every 30 s instead.
     plain = not stderr.is_terminal
     last_line = [time.monotonic()]
@@ -161,20 +184,7 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
             highlight=False,
         )
 
-    try:
-        with progress:
-            summary = train(config, resume=resume, on_step=on_step, on_epoch=on_epoch)
-    except (TrainingDiverged, RankLost) as error:
-        print_error(error)
-        raise typer.Exit(1) from None
-    if not main:
-        return None
-    report.print(
-        f"test accuracy {summary['test_accuracy']:.4f} after {summary['epochs']} epochs; "
-        f"run in {summary['out_dir']}",
-        highlight=False,
-    )
-    return summary
+    return progress, on_step, on_epoch
 
 
 def _run_line(config, label: str) -> str:
