@@ -1,3 +1,5 @@
+"""partitioner.split: segments as graph modules."""
+
 import torch
 
 import partitioner

@@ -1,3 +1,5 @@
+"""contsup.bench: measured and predicted memory of each training mode."""
+
 import json
 
 import pytest

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import partitioner
-from contsup.auxiliary import get_design
 from contsup.budget import aux_budget
 from contsup.learner import wrap
 from tests.conftest import create
@@ -24,13 +23,6 @@ def meta_learner(name, k, size=224, batch=8, **kwargs):
 def budget_of(learner):
     batch = learner.partition.input_shape[0]
     return aux_budget(learner.aux_config, learner.geometries, learner.partition.stats, batch)
-
-
-def test_unknown_design_is_one_sentence():
-    with pytest.raises(ValueError, match="unknown aux design 'bogus'.*'scaled'.*'paper'"):
-        get_design("bogus")
-    with pytest.raises(ValueError, match="unknown aux design"):
-        wrap(create("resnet20"), 2, aux="bogus")
 
 
 @pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "vit_small_patch16_224"])

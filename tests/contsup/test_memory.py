@@ -1,3 +1,5 @@
+"""contsup.memory: bytes saved for backward."""
+
 import torch
 from torch import nn
 

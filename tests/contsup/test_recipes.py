@@ -1,3 +1,5 @@
+"""contsup.recipes: YAML recipes, and the paper's recipes against docs/paper.md."""
+
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from contsup.heads import parse_head
 from contsup.recipes import RecipeError, load_recipe
 from contsup.trainer import TrainConfig
 
-RECIPES = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes").glob("*.yaml"))
 
 
 def test_every_paper_experiment_has_a_recipe():

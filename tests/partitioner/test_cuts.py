@@ -1,3 +1,5 @@
+"""partitioner.cuts: where a graph can be cut."""
+
 import torch
 from torch import nn
 

@@ -1,3 +1,5 @@
+"""partitioner.balance: min-max partitions of a cost sequence."""
+
 import itertools
 
 import pytest

@@ -1,3 +1,5 @@
+"""partitioner.cost: FLOPs, saved bytes and parameters per node."""
+
 import torch
 from torch import nn
 

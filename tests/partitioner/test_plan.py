@@ -1,3 +1,5 @@
+"""partitioner.plan: analysis, balanced partitions, saved plans and ownership."""
+
 import re
 import warnings
 

@@ -1,3 +1,5 @@
+"""contsup.schedule: the learning-rate schedules."""
+
 import math
 
 import pytest

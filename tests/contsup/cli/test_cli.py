@@ -1,3 +1,5 @@
+"""The command line: every command's output, JSON schema and user errors."""
+
 import json
 import subprocess
 import sys

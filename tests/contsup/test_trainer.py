@@ -1,3 +1,5 @@
+"""contsup.trainer: runs, resume, checkpoints and their failures."""
+
 import json
 import math
 import signal

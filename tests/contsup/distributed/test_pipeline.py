@@ -24,7 +24,7 @@ from contsup.learner import wrap
 from contsup.trainer import TrainConfig, train
 from tests.conftest import checkpoint_tensors, create
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 RECIPE = """
 model: resnet20

@@ -1,3 +1,5 @@
+"""contsup.models.cifar_resnet: the paper's CIFAR ResNets, registered in timm."""
+
 import math
 
 import pytest
