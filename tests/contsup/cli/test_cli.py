@@ -149,7 +149,7 @@ def test_console_script_error_has_no_traceback():
 
 
 def test_untraceable_model_exits_2(monkeypatch):
-    from tests.test_plan import WithDynamicBlock
+    from tests.partitioner.test_plan import WithDynamicBlock
 
     model = WithDynamicBlock()
     model.pretrained_cfg = {"input_size": (4,)}

@@ -71,7 +71,9 @@ class Ranks:
             )
             with open(self.logs[rank], "w") as log:
                 self.procs.append(
-                    subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=log)
+                    subprocess.Popen(
+                        [sys.executable, *args], env=env, stdout=log, stderr=log, cwd=REPO
+                    )
                 )
 
     def wait(self, timeout: float) -> list[int]:
@@ -203,8 +205,10 @@ def test_unit_seconds_leave_the_learner_as_it_was():
 @pytest.mark.parametrize("world,sizes", [(2, [2]), (4, [4, 2])])
 def test_pipelined_learner_equals_one_process(tmp_path, world, sizes):
     """P stages (dp=1) are bitwise one process for R0, E, R1E, R2E; dp=2 is close."""
-    script = str(REPO / "tests" / "pipeline_worker.py")
-    ranks = Ranks([script, str(tmp_path), *map(str, sizes)], world, tmp_path / "logs")
+    # Run as a module from the repository: a script's own folder would come first on
+    # sys.path, and tests/contsup would shadow the contsup package.
+    worker = ["-m", "tests.contsup.distributed.pipeline_worker"]
+    ranks = Ranks([*worker, str(tmp_path), *map(str, sizes)], world, tmp_path / "logs")
     codes = ranks.wait(timeout=300)
     assert codes == [0] * world, "\n".join(ranks.log(r)[-2000:] for r in range(world))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]

@@ -1,7 +1,8 @@
 """One rank of a pipelined run, checked against one process on the same rank.
 
-Run by ``test_distributed.py`` as WORLD processes (RANK, WORLD_SIZE, MASTER_ADDR
-and MASTER_PORT in the environment): ``python tests/pipeline_worker.py OUT P...``.
+Run by ``test_pipeline.py`` as WORLD processes (RANK, WORLD_SIZE, MASTER_ADDR
+and MASTER_PORT in the environment), from the repository:
+``python -m tests.contsup.distributed.pipeline_worker OUT P...``.
 For each pipeline size P (the rest of the world is data parallel) and each
 context mode, every rank trains a pipelined learner and, by itself, a copy with
 ``LocalLearner.local_backward``; it writes what it compared to OUT/rank<R>.json.
