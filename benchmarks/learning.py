@@ -18,6 +18,12 @@ Suites (``--list`` prints them):
 * ``precision``: quick K=16 R0 and R1E in float32 without channels-last (seed
   0), to check that the bf16 autocast and channels-last every other row uses
   (1.5-2.4x faster on this CPU) does not move accuracy.
+* ``explore``: beyond the ablation, at the quick budget with 3 seeds: context
+  over all channels with BatchNorm, R2E, and the reconstruction decoder under
+  R0 and R1E.
+
+``--seeds`` runs other seeds of the chosen rows and adds them to the saved ones
+(``--suite core --only "K16 R0 scaled" --seeds 3 4``).
 
     apt-get install dataset-fashion-mnist      # once, as root
     python benchmarks/learning.py --suite quick
