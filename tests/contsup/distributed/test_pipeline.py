@@ -310,3 +310,31 @@ def test_user_errors_exit_2(recipe, tmp_path):
     # torchrun reports the workers' exit code 2 (and a traceback of its own, not theirs).
     assert "exitcode  : 2" in too_many.stderr
     assert f'File "{REPO / "contsup"}' not in too_many.stderr
+
+
+def test_a_signal_to_one_rank_stops_all_at_one_step_and_one_process_resumes(
+    recipe, one_process, tmp_path
+):
+    out = tmp_path / "run"
+    args = ["-m", "contsup", "train", "--recipe", str(recipe), "--out", str(out)]
+    ranks = Ranks([*args, "--pipeline", "2", "--checkpoint-every", "4"], 2, tmp_path / "logs")
+    try:
+        deadline = time.time() + 180
+        while not (out / "checkpoint.json").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in ranks.procs), ranks.log(0)
+            time.sleep(0.05)
+        ranks.procs[1].send_signal(signal.SIGTERM)  # rank 0 hears of it from rank 1
+        codes = ranks.wait(timeout=120)
+    finally:
+        ranks.kill()
+    assert codes == [75, 75], ranks.log(0)[-2000:] + ranks.log(1)[-2000:]
+    said = " ".join(ranks.log(0).split())
+    assert "stopped by another rank's signal after epoch" in said and "Traceback" not in said
+    if "partial_epoch" in load_checkpoint(out):  # unless it stopped between two epochs
+        refused = torchrun(2, *args[2:], "--pipeline", "2", "--resume")
+        assert refused.returncode != 0 and "only a single process resumes mid-epoch" in " ".join(
+            refused.stdout.split() + refused.stderr.split()
+        )
+    resumed = contsup(*args[2:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(out) == without_timing(one_process)
