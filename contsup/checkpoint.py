@@ -157,7 +157,9 @@ def load_checkpoint(run_dir: str | Path, *, best: bool = False) -> dict:
     if best:
         chosen = state.get("best")
         if not isinstance(chosen, dict):
-            raise CheckpointError(f"{path} keeps no best epoch (it was written by contsup < 0.2)")
+            raise CheckpointError(
+                f"{path} keeps no best epoch (none has ended yet, or contsup < 0.2 wrote it)"
+            )
         state = {**state, "epoch": chosen.get("epoch"), "tensors": chosen.get("tensors")}
     name = state.get("tensors")
     if not isinstance(name, str) or Path(name).name != name or not (run_dir / name).is_dir():

@@ -35,7 +35,15 @@ _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if has
 
 
 class Preempted(Exception):
-    """``train`` stopped at SIGTERM or SIGUSR1 after writing a checkpoint; resume it."""
+    """``train`` stopped at SIGTERM or SIGUSR1 after writing a checkpoint; resume it.
+
+    Example::
+
+        try:
+            train(config)
+        except Preempted as stop:
+            train(config, resume=True)   # later: goes on after stop.epoch, stop.step
+    """
 
     def __init__(self, signal_name: str, epoch: int, step: int, out_dir: str):
         super().__init__(

@@ -15,6 +15,7 @@ import torch
 from contsup.checkpoint import CheckpointError, checkpoint_entries, load_checkpoint, load_tensors
 from contsup.checkpoint_manager import CheckpointManager
 from contsup.preemption import PREEMPTED_EXIT_CODE
+from contsup.runs import open_run
 from contsup.trainer import Preempted, TrainConfig, train
 
 # 512 images in batches of 128: 4 steps an epoch; digits draw a random crop per image.
@@ -132,7 +133,7 @@ def test_a_stop_signal_checkpoints_after_the_step_and_resumes_bitwise(
     assert_same_run(tmp_path, uninterrupted)
 
 
-def test_a_step_checkpoint_is_not_resumed_by_a_pipeline(tmp_path):
+def test_a_step_checkpoint_is_read_but_not_resumed_by_a_pipeline(tmp_path):
     config = replace(SMALL, out=str(tmp_path), checkpoint_every=2)
 
     def killed(step, *_):
@@ -143,6 +144,10 @@ def test_a_step_checkpoint_is_not_resumed_by_a_pipeline(tmp_path):
         train(config, on_step=killed)
     with pytest.raises(CheckpointError, match="middle of epoch 1 .*step 2.*without torchrun"):
         CheckpointManager(config).resume(None, None, None, one_process=False)
+    # Read as any checkpoint (`contsup eval`): the weights after step 2, no epoch ended yet.
+    assert open_run(tmp_path).state["epoch"] == 0
+    with pytest.raises(CheckpointError, match="no best epoch .none has ended yet"):
+        load_checkpoint(tmp_path, best=True)
 
 
 def test_sigterm_to_contsup_train_checkpoints_and_exits_75(tmp_path, uninterrupted):
