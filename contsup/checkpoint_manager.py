@@ -111,12 +111,6 @@ class CheckpointManager:
         state = load_checkpoint(out)
         check_same_run(state, config, out / POINTER)
         partial = _partial_epoch(state, out / POINTER)
-        if partial is not None and not one_process:
-            raise CheckpointError(
-                f"{out / POINTER} was written in the middle of epoch {partial.epoch} (step "
-                f"{partial.step}), and only a single process resumes mid-epoch: resume it "
-                "without torchrun and --pipeline"
-            )
         if design_of(config.aux, checkpoint_entries(out, state)) != config.aux:
             raise CheckpointError(
                 f"{out} was trained by contsup 0.2, whose scaled bridges had a gain that this "

@@ -127,6 +127,9 @@ def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch, signals) 
         records, first, partial = checkpoints.resume(
             run.pipe, run.optimizer, run.generator, one_process=mesh is None
         )
+        if partial is not None:  # every rank's sums: each takes its units' (replica 0 only)
+            units = run.pipe.units if run.pipe.layout.replica == 0 else range(0)
+            partial.totals = partial.totals.only(units)
         if run.main:
             write_metrics(out, records)  # drop anything written after the checkpoint
     writer = open_writer(out, config.tensorboard) if run.main else None
