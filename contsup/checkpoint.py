@@ -76,15 +76,16 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def tensors_dir(epoch: int) -> str:
-    """The name of the directory that holds epoch ``epoch``'s tensors.
+def tensors_dir(epoch: int, step: int | None = None) -> str:
+    """The name of the directory that holds epoch ``epoch``'s tensors (with ``step``: those
+    of a checkpoint written after that step of the epoch).
 
     Example::
 
-        >>> tensors_dir(3)
-        'checkpoint-e0003'
+        >>> tensors_dir(3), tensors_dir(4, 120)
+        ('checkpoint-e0003', 'checkpoint-e0004-s000120')
     """
-    return f"checkpoint-e{epoch:04d}"
+    return f"checkpoint-e{epoch:04d}" + ("" if step is None else f"-s{step:06d}")
 
 
 def save_checkpoint(
@@ -92,6 +93,8 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor],
     state: dict,
     keep: tuple[str, ...] = (),
+    *,
+    name: str | None = None,
 ) -> None:
     """Write ``tensors`` with DCP, then commit ``state`` (JSON) as the run's checkpoint.
 
@@ -99,14 +102,15 @@ def save_checkpoint(
 
         save_checkpoint("runs/x", {"learner.heads.0.weight": w}, {"epoch": 3, "metrics": []})
 
-    Then it deletes earlier epochs' tensors, except the directories in ``keep``
-    (the trainer keeps its best epoch's). Collective when ``torch.distributed``
+    The tensors go to ``name`` (default: ``tensors_dir(state["epoch"])``). Then it
+    deletes earlier checkpoints' tensors, except the directories in ``keep`` (the
+    trainer keeps its best epoch's). Collective when ``torch.distributed``
     is initialised: every rank passes the tensors it holds (replicas may repeat a
     name; one copy is written). The run directory must be visible to all ranks
     (one machine, or a shared filesystem).
     """
     run_dir = Path(run_dir)
-    name = tensors_dir(state["epoch"])
+    name = name or tensors_dir(state["epoch"])
     coordinator = not _distributed() or torch.distributed.get_rank() == 0
     if coordinator:  # left over from a save that crashed before its commit
         shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -153,7 +157,9 @@ def load_checkpoint(run_dir: str | Path, *, best: bool = False) -> dict:
     if best:
         chosen = state.get("best")
         if not isinstance(chosen, dict):
-            raise CheckpointError(f"{path} keeps no best epoch (it was written by contsup < 0.2)")
+            raise CheckpointError(
+                f"{path} keeps no best epoch (none has ended yet, or contsup < 0.2 wrote it)"
+            )
         state = {**state, "epoch": chosen.get("epoch"), "tensors": chosen.get("tensors")}
     name = state.get("tensors")
     if not isinstance(name, str) or Path(name).name != name or not (run_dir / name).is_dir():

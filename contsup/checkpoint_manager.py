@@ -38,6 +38,7 @@ from contsup.checkpoint import (
 from contsup.config import IDENTITY, TrainConfig
 from contsup.data import DatasetInfo, info_record, parse_dataset
 from contsup.metrics import EpochRecord
+from contsup.preemption import PartialEpoch
 from contsup.schedule import warmup_epochs
 
 if TYPE_CHECKING:
@@ -62,10 +63,11 @@ class CheckpointManager:
 
         manager = CheckpointManager(config)
         manager.refuse_to_clobber(resume)                 # before anything slow
-        records, first = manager.resume(pipe, optimizer, generator, one_process=True)
+        records, first, partial = manager.resume(pipe, optimizer, generator, one_process=True)
         manager.save(records, pipe, optimizer, generator, cuts, data.info)   # each epoch
 
-    Every rank makes one and calls ``save`` (DCP writes each rank's share).
+    Every rank makes one and calls ``save`` (DCP writes each rank's share). A save with
+    ``partial`` (a ``PartialEpoch``) is a step checkpoint, written mid-epoch.
     """
 
     def __init__(self, config: TrainConfig):
@@ -93,9 +95,9 @@ class CheckpointManager:
         generator: torch.Generator,
         *,
         one_process: bool,
-    ) -> tuple[list[EpochRecord], int]:
+    ) -> tuple[list[EpochRecord], int, PartialEpoch | None]:
         """Load the last checkpoint into ``pipe``, ``optimizer`` and the random state;
-        its metrics and the epoch to go on with."""
+        its metrics, the epoch to go on with, and how far into it a step checkpoint got."""
         out, config = self.out, self.config
         if is_legacy(out):
             if not one_process:
@@ -108,6 +110,7 @@ class CheckpointManager:
             convert_legacy(out, [name for name, _ in pipe.named_parameters()])
         state = load_checkpoint(out)
         check_same_run(state, config, out / POINTER)
+        partial = _partial_epoch(state, out / POINTER)
         if design_of(config.aux, checkpoint_entries(out, state)) != config.aux:
             raise CheckpointError(
                 f"{out} was trained by contsup 0.2, whose scaled bridges had a gain that this "
@@ -116,7 +119,7 @@ class CheckpointManager:
         _load_state(out, state, pipe, optimizer)
         set_rng_state(state.get("rng"), generator)
         records = [EpochRecord.from_dict(record) for record in state["metrics"]]
-        return records, state["epoch"] + 1
+        return records, state["epoch"] + 1, partial
 
     def save(
         self,
@@ -126,27 +129,46 @@ class CheckpointManager:
         generator: torch.Generator,
         cuts: list[str],
         info: DatasetInfo,
+        partial: PartialEpoch | None = None,
     ) -> None:
-        """Commit the checkpoint of the epoch ``records[-1]`` ends, keeping the best's tensors."""
+        """Commit the checkpoint of the epoch ``records[-1]`` ends, keeping the best's tensors;
+        with ``partial``, of the steps done since (``epoch`` stays the last epoch ended)."""
         state: dict[str, Any] = {
             "config": asdict(self.config),
-            "epoch": records[-1].epoch,
+            "epoch": records[-1].epoch if records else 0,
             "rng": rng_state(generator),
             "metrics": [record.as_dict() for record in records],
             "cuts": cuts,
             "data": info_record(info),
         }
-        best = self.best_epoch(records)
+        name = None
+        if partial is not None:
+            state["partial_epoch"] = partial.as_dict()
+            name = tensors_dir(partial.epoch, partial.step)
+        best = self.best_epoch(records, ends_epoch=partial is None) if records else None
         state["best"] = {"epoch": best, "tensors": tensors_dir(best)} if best else None
         keep = (tensors_dir(best),) if best else ()
-        save_checkpoint(self.out, _checkpoint_tensors(pipe, optimizer), state, keep)
+        save_checkpoint(self.out, _checkpoint_tensors(pipe, optimizer), state, keep, name=name)
 
-    def best_epoch(self, records: list[EpochRecord]) -> int | None:
+    def best_epoch(self, records: list[EpochRecord], *, ends_epoch: bool = True) -> int | None:
         """The first epoch with the highest test accuracy, if its tensors are (or will be)
-        on disk: the epoch being saved, or one whose directory was kept."""
+        on disk: the epoch being saved (``ends_epoch``), or one whose directory was kept."""
         best = max(records, key=lambda r: r.test_accuracy).epoch
-        kept = best == records[-1].epoch or (self.out / tensors_dir(best)).is_dir()
-        return best if kept else None
+        saving = ends_epoch and best == records[-1].epoch
+        return best if saving or (self.out / tensors_dir(best)).is_dir() else None
+
+
+def _partial_epoch(state: dict, path: Path) -> PartialEpoch | None:
+    """The mid-epoch position a step checkpoint records (None: it ended an epoch)."""
+    if "partial_epoch" not in state:
+        return None
+    try:
+        partial = PartialEpoch.from_dict(state["partial_epoch"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} holds a malformed mid-epoch position: {error}") from error
+    if partial.epoch != state["epoch"] + 1:
+        raise CheckpointError(f"{path} holds a mid-epoch position that is not after its epoch")
+    return partial
 
 
 def _checkpoint_tensors(pipe: Pipeline, optimizer: torch.optim.Optimizer) -> dict:

@@ -68,6 +68,7 @@ class TrainConfig:
     pipeline_balance: str = "time"
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
     threads: int | None = None  # CPU threads; None: the idle cores (``default_threads``)
+    checkpoint_every: int | None = None  # a step checkpoint every N optimizer steps; None: off
 
     def out_dir(self) -> Path:
         """The run directory: ``out``, or one under ``runs/`` named after the run."""

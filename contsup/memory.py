@@ -102,6 +102,12 @@ class PeakMemory:
             self.tracker.__enter__()
         return self
 
+    def so_far(self) -> int:
+        """The peak since the block began, read inside it."""
+        if self.tracker is None:
+            return torch.cuda.max_memory_allocated(self.device)
+        return self.tracker.peak_bytes
+
     def __exit__(self, *exc) -> None:
         if self.tracker is None:
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)

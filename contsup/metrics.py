@@ -84,6 +84,19 @@ class UnitTotals:
         self.correct[units.start : units.stop] += torch.tensor(step.correct)
         self.images += images
 
+    def only(self, units: range) -> UnitTotals:
+        """A copy with the sums of units outside ``units`` zeroed (``images`` kept).
+
+        Example::
+
+            share = summed.only(pipe.units)   # a rank's part: the sum over ranks is ``summed``
+        """
+        kept = UnitTotals.zeros(len(self.losses))
+        kept.losses[units.start : units.stop] = self.losses[units.start : units.stop]
+        kept.correct[units.start : units.stop] = self.correct[units.start : units.stop]
+        kept.images = self.images
+        return kept
+
     def score(self, unit: int, scores: torch.Tensor, y: torch.Tensor) -> None:
         """Add a test batch of unit ``unit``: its summed cross-entropy and correct answers
         (count the batch's images with ``images``)."""

@@ -92,6 +92,12 @@ def train(
             help="TensorBoard event files in --out (default: when tensorboard is installed)",
         ),
     ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            help="also write a checkpoint every N optimizer steps (default: at epoch ends only)"
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue from the checkpoint in --out")
     ] = False,
@@ -99,7 +105,11 @@ def train(
         bool, typer.Option("--json", help="last stdout line is one JSON object")
     ] = False,
 ) -> None:
-    """Train MODEL with greedy local learning and context supply."""
+    """Train MODEL with greedy local learning and context supply.
+
+    SIGTERM or SIGUSR1 stops a run after its current step with a checkpoint, and it
+    exits with code 75; --resume continues it.
+    """
     # The options by name, as TrainConfig and recipes name them (None: not given), in the
     # signature's order, so that the first bad field reported is the same on every call.
     names = [p.name for p in ctx.command.params if p.name not in COMMAND_OPTIONS]
@@ -122,7 +132,8 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     from contsup.devices import check_device
     from contsup.distributed import RankLost
     from contsup.models.lookup import check_model_name
-    from contsup.trainer import TrainConfig, TrainingDiverged, train
+    from contsup.preemption import PREEMPTED_EXIT_CODE
+    from contsup.trainer import Preempted, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**values)
     check_model_name(config.model)
@@ -138,6 +149,10 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     except (TrainingDiverged, RankLost) as error:
         print_error(error)
         raise typer.Exit(1) from None
+    except Preempted as error:
+        if main:
+            report.print(str(error), highlight=False, soft_wrap=True)
+        raise typer.Exit(PREEMPTED_EXIT_CODE) from None
     if not main:
         return None
     report.print(

@@ -230,6 +230,8 @@ def test_each_run_of_a_recipe_gets_its_own_directory_under_out(tmp_path):
         (["train", "resnet20", "--device", "cuda"], "no CUDA GPU"),
         (["train", "--recipe", "recipes/digits.yaml", "--run", "x"], "no run named 'x'"),
         (["train", "--recipe", "recipes/nope.yaml"], "cannot read recipe"),
+        (["train", "resnet20", "--checkpoint-every", "0"], "takes a number of steps >= 1, got 0"),
+        (["train", "resnet20", "--checkpoint-every", "-5"], "steps >= 1, got -5"),
     ],
 )
 def test_train_user_errors_exit_2(args, message, tmp_path):

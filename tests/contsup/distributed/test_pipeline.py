@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -314,3 +315,36 @@ def test_user_errors_exit_2(recipe, tmp_path):
     # torchrun reports the workers' exit code 2 (and a traceback of its own, not theirs).
     assert "exitcode  : 2" in too_many.stderr
     assert f'File "{REPO / "contsup"}' not in too_many.stderr
+
+
+def test_a_signal_to_one_rank_stops_all_at_one_step_and_resumes_at_any_size(
+    recipe, one_process, tmp_path
+):
+    out = tmp_path / "run"
+    args = ["-m", "contsup", "train", "--recipe", str(recipe), "--out", str(out)]
+    ranks = Ranks([*args, "--pipeline", "2", "--checkpoint-every", "2"], 2, tmp_path / "logs")
+    try:
+        deadline = time.time() + 180
+        while not (out / "checkpoint.json").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in ranks.procs), ranks.log(0)
+            time.sleep(0.05)
+        ranks.procs[1].send_signal(signal.SIGTERM)  # rank 0 hears of it from rank 1
+        codes = ranks.wait(timeout=120)
+    finally:
+        ranks.kill()
+    assert codes == [75, 75], ranks.log(0)[-2000:] + ranks.log(1)[-2000:]
+    said = " ".join(ranks.log(0).split())
+    assert "stopped by another rank's signal after epoch" in said and "Traceback" not in said
+    # Signalled after step 2 of 6: the ranks agree at epoch 1's last step at the latest.
+    assert load_checkpoint(out)["partial_epoch"]["epoch"] == 1
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # The same checkpoint resumed mid-epoch pipelined, and in one process.
+    pipelined = torchrun(2, *args[2:], "--pipeline", "2", "--resume")
+    assert pipelined.returncode == 0, pipelined.stderr[-3000:]
+    assert without_timing(out) == without_timing(one_process)
+    assert all(torch.equal(t, checkpoint_tensors(one_process)[n])
+               for n, t in checkpoint_tensors(out).items())  # fmt: skip
+    alone = contsup("train", "--recipe", str(recipe), "--out", str(copy), "--resume")
+    assert alone.returncode == 0, alone.stderr
+    assert without_timing(copy) == without_timing(one_process)
