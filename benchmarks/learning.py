@@ -123,7 +123,8 @@ def suites() -> dict[str, list[dict]]:
             for c in ("R0", "R1E")
         ),
         *(
-            _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 {c} scaled", 8, c, "scaled")
+            _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 {c} {aux}", 8, c, aux)
+            for aux in ("scaled", "paper")
             for c in ("R0", "R1E")
         ),
     ]
