@@ -12,10 +12,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from contsup.checkpoint import CheckpointError, checkpoint_entries, load_checkpoint, load_tensors
+from contsup.checkpoint import CheckpointError, load_checkpoint
 from contsup.preemption import PREEMPTED_EXIT_CODE
 from contsup.runs import open_run
 from contsup.trainer import Preempted, TrainConfig, train
+from tests.conftest import checkpoint_tensors
 
 # 512 images in batches of 128: 4 steps an epoch; digits draw a random crop per image.
 SMALL = TrainConfig(
@@ -35,14 +36,6 @@ SMALL = TrainConfig(
 STEPS = 4
 
 
-def final_tensors(out):
-    state = load_checkpoint(out)
-    entries = checkpoint_entries(out, state)
-    tensors = {n: torch.empty(tuple(e.size), dtype=e.properties.dtype) for n, e in entries.items()}
-    load_tensors(out, state, tensors)
-    return tensors
-
-
 def metrics(out):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for record in records:
@@ -52,7 +45,7 @@ def metrics(out):
 
 def assert_same_run(out, reference):
     assert metrics(out) == metrics(reference)
-    ours, theirs = final_tensors(out), final_tensors(reference)
+    ours, theirs = checkpoint_tensors(out), checkpoint_tensors(reference)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
 
