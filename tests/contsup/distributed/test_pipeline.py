@@ -273,6 +273,26 @@ def test_killed_rank_ends_the_job_and_resume_at_another_size(recipe, one_process
     assert without_timing(out) == without_timing(one_process)
 
 
+LOSE_A_PEER = """
+import os, sys, torch, torch.distributed as dist
+from contsup.distributed.replica import Collective
+dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+if dist.get_rank() == 1:
+    os._exit(0)  # gone before the collective, as a killed rank
+try:
+    Collective(torch.device("cpu")).all_reduce(torch.ones(1))
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_a_rank_lost_in_a_collective_is_named_in_a_two_rank_world(tmp_path):
+    # The stop-flag all-reduce is where a pipeline most often notices a dead peer.
+    ranks = Ranks(["-c", LOSE_A_PEER], 2, tmp_path)
+    assert ranks.wait(timeout=120) == [0, 0], ranks.log(0)
+    assert "RankLost rank 1 stopped, so rank 0 cannot go on" in ranks.log(0), ranks.log(0)
+
+
 def test_one_process_checkpoint_resumes_pipelined(recipe, one_process, tmp_path):
     from contsup.recipes import load_recipe
 
