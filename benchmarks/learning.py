@@ -21,6 +21,8 @@ Suites (``--list`` prints them):
 * ``explore``: beyond the ablation, at the quick budget with 3 seeds: context
   over all channels with BatchNorm, R2E, and the reconstruction decoder under
   R0 and R1E.
+* ``bridges``: the default's heads with two steps from its bridges towards the
+  paper's (quick budget, 3 seeds); core has the paper's bridges themselves.
 
 ``--seeds`` runs other seeds of the chosen rows and adds them to the saved ones
 (``--suite core --only "K16 R0 scaled" --seeds 3 4``).
@@ -64,16 +66,18 @@ def register_variants() -> None:
     """The ablation's aux designs: the scaled design with one choice changed, and the
     two designs' heads and bridges crossed."""
     from contsup.auxiliary import AuxDesign, paper, register_design, scaled
+    from contsup.models.cifar_resnet import paper_init
 
     # The ablation's baseline: the scaled bridge of contsup 0.2 (16 channels a source,
     # side by side, times a learned gain that starts at zero), registered as scaled-0.2.
     old = scaled.LEGACY_STYLE
 
-    def styled(name: str, **choices) -> None:
+    def styled(name: str, init=None, **choices) -> None:
         style = replace(old, **choices)
 
         def bridge(target, sources, image):
-            return scaled.FusedBridge(target, sources, image, style)
+            built = scaled.FusedBridge(target, sources, image, style)
+            return built if init is None else init(built)
 
         register_design(AuxDesign(name, bridge, scaled.build_head, scaled.ReconstructionDecoder))
 
@@ -84,6 +88,11 @@ def register_variants() -> None:
     styled("scaled+allC", band=None, combine="sum")
     styled("scaled+nogain", gain="none")
     styled("scaled+allC+bn", band=None, combine="sum", norm=True, gain="none")
+    # What the paper's bridges have that the default lacks: their init alone, and
+    # their whole form (BatchNorm, 3x3 image convs, full grid, summed into all C).
+    styled("scaled+paperinit", gain="none", init=paper_init)
+    styled("scaled+paperlike", band=None, combine="sum", norm=True, gain="none",
+           recent_grid="full", image="conv3x3", init=paper_init)  # fmt: skip
     register_design(
         AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
                   scaled.ReconstructionDecoder)
@@ -157,18 +166,30 @@ def suites() -> dict[str, list[dict]]:
              {"decoder": DECODER}),
         )
     ]  # fmt: skip
+    # Which bridges carry the benefit, with the default's heads: two steps from the
+    # default towards the paper's bridges (core has the paper's bridges themselves).
+    bridges = [
+        _row("bridges", {**QUICK, "seeds": [0, 1, 2]}, RESNET32, f"K16 R1E {v}", 16, "R1E", v,
+             baseline="quick/K16 R0 scaled")
+        for v in ("scaled+paperinit", "scaled+paperlike")
+    ]  # fmt: skip
+    crossed = "heads:scaled+bridges:paper"
     fp32 = [
         _row("precision", {**QUICK, "seeds": [0]}, RESNET32, f"K16 {c} scaled", 16, c, "scaled",
              amp=None, channels_last=False)
         for c in ("R0", "R1E")
     ]  # fmt: skip
     return {
-        "core": yardstick("core", CORE),
+        "core": [
+            *yardstick("core", CORE),
+            _row("core", CORE, RESNET32, f"K16 R1E {crossed}", 16, "R1E", crossed),
+        ],
         "quick": yardstick("quick", QUICK),
         "wide": wide,
         "ablation": ablation,
         "precision": fp32,
         "explore": explore,
+        "bridges": bridges,
     }
 
 
