@@ -93,6 +93,17 @@ def register_variants() -> None:
     styled("scaled+paperinit", gain="none", init=paper_init)
     styled("scaled+paperlike", band=None, combine="sum", norm=True, gain="none",
            recent_grid="full", image="conv3x3", init=paper_init)  # fmt: skip
+    # A band that grows with the boundary: a quarter of its channels (at least 16).
+    quarter = replace(old, gain="none")
+
+    def quarter_bridge(target, sources, image):
+        style = replace(quarter, band=max(scaled.CONTEXT_WIDTH, target.channels // 4))
+        return scaled.FusedBridge(target, sources, image, style)
+
+    register_design(
+        AuxDesign("scaled+quarterC", quarter_bridge, scaled.build_head,
+                  scaled.ReconstructionDecoder)
+    )  # fmt: skip
     register_design(
         AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
                   scaled.ReconstructionDecoder)
@@ -136,7 +147,12 @@ def suites() -> dict[str, list[dict]]:
             for aux in ("scaled", "paper")
             for c in ("R0", "R1E")
         ),
-    ]
+        *(
+            _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 R1E {aux}", 8, "R1E", aux,
+                 baseline="wide/resnet18@64 K8 R0 scaled")
+            for aux in ("scaled+paperlike", "scaled+quarterC")
+        ),
+    ]  # fmt: skip
     variants = [
         "scaled-0.2",
         "heads:scaled+bridges:paper",
@@ -171,7 +187,7 @@ def suites() -> dict[str, list[dict]]:
     bridges = [
         _row("bridges", {**QUICK, "seeds": [0, 1, 2]}, RESNET32, f"K16 R1E {v}", 16, "R1E", v,
              baseline="quick/K16 R0 scaled")
-        for v in ("scaled+paperinit", "scaled+paperlike")
+        for v in ("scaled+paperinit", "scaled+paperlike", "scaled+quarterC")
     ]  # fmt: skip
     crossed = "heads:scaled+bridges:paper"
     fp32 = [
