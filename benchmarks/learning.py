@@ -199,6 +199,16 @@ def suites() -> dict[str, list[dict]]:
         "core": [
             *yardstick("core", CORE),
             _row("core", CORE, RESNET32, f"K16 R1E {crossed}", 16, "R1E", crossed),
+            _row(
+                "core",
+                CORE,
+                RESNET32,
+                "K16 R1E scaled+paperlike",
+                16,
+                "R1E",
+                "scaled+paperlike",
+                baseline="core/K16 R0 scaled",
+            ),
         ],
         "quick": yardstick("quick", QUICK),
         "wide": wide,
