@@ -8,8 +8,9 @@ weights, so rows are paired: R1E - R0 is taken seed by seed.
 
 Suites (``--list`` prints them):
 
-* ``core``: end-to-end, and K=16 R0 and R1E with each aux design; 12,000
-  images, 3 seeds. About an hour on 2 cores.
+* ``core``: end-to-end, and K=16 R0 and R1E with each aux design (R0 is the
+  same run for ``sized`` and ``scaled``: no bridges); 12,000 images, 3 seeds.
+  About an hour on 2 cores.
 * ``quick``: the same rows at 9,000 images, 4 epochs, 2 seeds (about 10 min).
 * ``wide``: K=16 E and R1; K=4 and K=8 R0 and R1E; timm's resnet18 on
   Fashion-MNIST at 64 px, K=8, R0 and R1E (quick budget).
@@ -21,8 +22,10 @@ Suites (``--list`` prints them):
 * ``explore``: beyond the ablation, at the quick budget with 3 seeds: context
   over all channels with BatchNorm, R2E, and the reconstruction decoder under
   R0 and R1E.
-* ``bridges``: the default's heads with two steps from its bridges towards the
-  paper's (quick budget, 3 seeds); core has the paper's bridges themselves.
+* ``bridges``: the default's heads with other bridges: the paper's init alone on
+  the thin ones, the paper's pooled first to twice the grid, and a band a
+  quarter of C wide (quick budget, 3 seeds; the second on core and on
+  resnet18 at 64 px too).
 
 ``--seeds`` runs other seeds of the chosen rows and adds them to the saved ones
 (``--suite core --only "K16 R0 scaled" --seeds 3 4``).
@@ -88,8 +91,8 @@ def register_variants() -> None:
     styled("scaled+allC", band=None, combine="sum")
     styled("scaled+nogain", gain="none")
     styled("scaled+allC+bn", band=None, combine="sum", norm=True, gain="none")
-    # What the paper's bridges have that the default lacks: their init alone, and
-    # their whole form (BatchNorm, 3x3 image convs, full grid, summed into all C).
+    # The paper's init alone on the thin bridges; the paper's bridge pooled first (its
+    # form: BatchNorm, 3x3 image convs, summed into all C, on at most twice the grid).
     styled("scaled+paperinit", gain="none", init=paper_init)
     styled("scaled+paperlike", band=None, combine="sum", norm=True, gain="none",
            recent_grid="full", image="conv3x3", init=paper_init)  # fmt: skip
@@ -129,7 +132,9 @@ def _row(suite: str, budget: dict, net: dict, name: str, k: int, context: str, a
 
 def suites() -> dict[str, list[dict]]:
     def yardstick(suite: str, budget: dict) -> list[dict]:
+        # R0 has no bridges, so its sized and scaled rows would be the same run.
         rows = [_row(suite, budget, RESNET32, "E2E", 1, "R0", "scaled")]
+        rows.append(_row(suite, budget, RESNET32, "K16 R1E sized", 16, "R1E", "sized"))
         for aux in ("scaled", "paper"):
             for context in ("R0", "R1E"):
                 rows.append(_row(suite, budget, RESNET32, f"K16 {context} {aux}", 16, context, aux))
@@ -182,14 +187,14 @@ def suites() -> dict[str, list[dict]]:
              {"decoder": DECODER}),
         )
     ]  # fmt: skip
-    # Which bridges carry the benefit, with the default's heads: two steps from the
-    # default towards the paper's bridges (core has the paper's bridges themselves).
+    # The bridges changed, with the default's heads: the paper's init alone on the thin
+    # ones, the paper's pooled first, and a band a quarter of C wide (16 on all of
+    # ResNet-32's boundaries, as scaled's).
     bridges = [
         _row("bridges", {**QUICK, "seeds": [0, 1, 2]}, RESNET32, f"K16 R1E {v}", 16, "R1E", v,
              baseline="quick/K16 R0 scaled")
         for v in ("scaled+paperinit", "scaled+paperlike", "scaled+quarterC")
     ]  # fmt: skip
-    crossed = "heads:scaled+bridges:paper"
     fp32 = [
         _row("precision", {**QUICK, "seeds": [0]}, RESNET32, f"K16 {c} scaled", 16, c, "scaled",
              amp=None, channels_last=False)
@@ -198,7 +203,6 @@ def suites() -> dict[str, list[dict]]:
     return {
         "core": [
             *yardstick("core", CORE),
-            _row("core", CORE, RESNET32, f"K16 R1E {crossed}", 16, "R1E", crossed),
             _row(
                 "core",
                 CORE,
@@ -208,7 +212,7 @@ def suites() -> dict[str, list[dict]]:
                 "R1E",
                 "scaled+paperlike",
                 baseline="core/K16 R0 scaled",
-            ),
+            ),  # fmt: skip
         ],
         "quick": yardstick("quick", QUICK),
         "wide": wide,
@@ -239,7 +243,10 @@ def cuts_for(row: dict) -> list[str] | None:
     with torch.device("meta"):
         model = timm.create_model(row["model"], num_classes=10, in_chans=info.image_size[0])
     x = torch.empty(row["batch_size"], *info.image_size, device="meta")
-    learner = wrap(model, row["k"], context="R1E", objective="memory", example_input=x)
+    # The thin bridges price the cuts for every row (and did before sized existed).
+    learner = wrap(
+        model, row["k"], context="R1E", aux="scaled", objective="memory", example_input=x
+    )
     return [b.tensors[0].node for b in learner.partition.boundaries]
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import partitioner
+from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
@@ -189,7 +190,7 @@ def run_bench(
     device: str | torch.device = "cpu",
     steps: int = 5,
     objective: str = "memory",
-    aux: str = "scaled",
+    aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:

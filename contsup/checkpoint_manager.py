@@ -251,6 +251,8 @@ def saved_config(saved: dict, path: Path) -> TrainConfig:
         config = saved_config(load_checkpoint(out)["config"], out / "checkpoint.json")
     """
     known = {f.name for f in fields(TrainConfig)}
+    # Runs that did not record their design built the default of their time, scaled.
+    saved = {"aux": "scaled", **saved}
     try:
         return TrainConfig(**{k: v for k, v in saved.items() if k in known})
     except TypeError as error:

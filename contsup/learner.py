@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import partitioner
-from contsup.auxiliary import AuxConfig, aux_config
+from contsup.auxiliary import DEFAULT_DESIGN, AuxConfig, aux_config
 from contsup.budget import balance_hook
 from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ConfigError, ContsupError
@@ -305,7 +305,7 @@ def wrap(
     k: int | None = None,
     *,
     context: str = "E",
-    aux: str = "scaled",
+    aux: str = DEFAULT_DESIGN,
     local_loss: str = "ce",
     head: str = "1c2f",
     decoder: Sequence[float] | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 import partitioner
+from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.models.lookup import create_model
 
 __all__ = ["SplitPlan", "plan_split", "split_summary"]
@@ -41,7 +42,7 @@ def plan_split(
     batch_size: int = 32,
     max_boundary_tensors: int = 1,
     context: str | None = None,
-    aux: str = "scaled",
+    aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
 ) -> SplitPlan:
     """Cut the timm model ``model`` into ``k`` segments balanced by ``objective``.

@@ -1,17 +1,22 @@
 """Aux designs: how local heads, context encoders and decoders are built.
 
 A design turns a boundary's ``Geometry`` into modules; the learner does the rest
-(which boundaries feed which, and what is detached). Two designs:
+(which boundaries feed which, and what is detached). Three designs:
 
 * ``paper``: the reference implementation's modules, exactly (docs/paper.md).
   Built for 32 px CIFAR: full-resolution encoders and heads as wide as the network.
-* ``scaled``: the default. Pools to the boundary's grid before anything learned
-  runs, keeps widths small and fixed, and uses LayerNorm + token mean on token
+* ``scaled``: thin. Pools to the boundary's grid before anything learned runs,
+  keeps widths small and fixed, and uses LayerNorm + token mean on token
   layouts, so heads and bridges stay a small fraction of the backbone at 224 px.
+* ``sized``: the default. ``scaled``'s heads; each bridge is rich (the paper's
+  kind: BatchNorm-ed encoders summed into every channel, on at most twice the
+  boundary's grid) where that saves little for backward, and ``scaled``'s thin
+  bridge where it would not (every bridge at 224 px for resnet50, convnext_tiny
+  and vit_small).
 
 Example::
 
-    design = get_design("scaled")
+    design = get_design("sized")
     head = design.head("1c2f", Geometry("NCHW", 256, 56, 56), out_features=10, width=2048)
 """
 
@@ -23,8 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contsup.auxiliary import paper, scaled  # the built-in designs register on import
+from contsup.auxiliary import paper, scaled, sized  # the built-in designs register on import
 from contsup.auxiliary.design import (
+    DEFAULT_DESIGN,
     AuxDesign,
     BoundaryTooNarrowError,
     aux_designs,
@@ -38,6 +44,7 @@ from contsup.heads import parse_head
 from contsup.losses import head_outputs
 
 __all__ = [
+    "DEFAULT_DESIGN",
     "AuxDesign",
     "AuxConfig",
     "BoundaryTooNarrowError",
@@ -47,6 +54,7 @@ __all__ = [
     "paper",
     "register_design",
     "scaled",
+    "sized",
 ]
 
 
@@ -84,7 +92,7 @@ def aux_config(
     x: torch.Tensor,
     *,
     context: str = "E",
-    aux: str = "scaled",
+    aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
     local_loss: str = "ce",
     num_classes: int | None = None,

@@ -15,7 +15,17 @@ from torch import nn
 from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry
 
-__all__ = ["AuxDesign", "BoundaryTooNarrowError", "aux_designs", "get_design", "register_design"]
+__all__ = [
+    "DEFAULT_DESIGN",
+    "AuxDesign",
+    "BoundaryTooNarrowError",
+    "aux_designs",
+    "get_design",
+    "register_design",
+]
+
+
+DEFAULT_DESIGN = "sized"  # rich bridges where cheap, thin ones at 224 px (auxiliary/sized.py)
 
 
 class BoundaryTooNarrowError(ContsupError):
@@ -75,7 +85,8 @@ def get_design(name: str) -> AuxDesign:
     """
     if name not in _REGISTERED:
         raise ConfigError(
-            f"unknown aux design {name!r}; use 'scaled' (the default, small at any input "
-            f"size), 'paper' (the reference implementation's modules) or one of {aux_designs()}"
+            f"unknown aux design {name!r}; use 'sized' (the default: rich bridges where they "
+            f"are cheap, thin ones at 224 px), 'scaled' (always thin), 'paper' (the reference "
+            f"implementation's modules) or one of {aux_designs()}"
         )
     return _REGISTERED[name]

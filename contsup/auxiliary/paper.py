@@ -40,10 +40,13 @@ __all__ = [
 ]
 
 
+IMAGE_HIDDEN = 12  # the E encoder's hidden channels
+
+
 class ImageEncoder(nn.Sequential):
     """The ``E`` encoder: raw image -> a tensor shaped like the boundary."""
 
-    def __init__(self, image: Geometry, target: Geometry, hidden: int = 12):
+    def __init__(self, image: Geometry, target: Geometry, hidden: int = IMAGE_HIDDEN):
         super().__init__(
             nn.Conv2d(image.channels, hidden, 3, padding=1, bias=True),
             nn.BatchNorm2d(hidden),

@@ -47,7 +47,7 @@ def train(
         float | None, typer.Option(help="default: a sixteenth of the run")
     ] = None,
     aux: Annotated[
-        str | None, typer.Option(help="heads and bridges: scaled (default) | paper")
+        str | None, typer.Option(help="heads and bridges: sized (default) | scaled | paper")
     ] = None,
     head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
     local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,

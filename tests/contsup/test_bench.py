@@ -6,6 +6,7 @@ import pytest
 import timm
 from typer.testing import CliRunner
 
+from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.bench import run_bench
 from contsup.cli import app
 
@@ -89,7 +90,7 @@ def test_bench_json_schema():
         ("local", 4, "E", "1c2f"),
     ]
     local = [r for r in data["rows"] if r["mode"] in ("floor", "local")]
-    assert all(0 < r["aux_params_fraction"] < 1 and r["aux"] == "scaled" for r in local)
+    assert all(0 < r["aux_params_fraction"] < 1 and r["aux"] == DEFAULT_DESIGN for r in local)
     floor, e = data["rows"][2], data["rows"][4]
     assert floor["aux_flops_fraction"] < e["aux_flops_fraction"]
     assert all(r["step_time_s"] > 0 and r["images_per_s"] > 0 for r in data["rows"])

@@ -1,4 +1,5 @@
-"""The aux designs: ``scaled`` stays small at 224 px, ``paper`` is picked by name."""
+"""The default stays small at 224 px (where its bridges are ``scaled``'s); ``scaled``'s
+thin bridges add context to a band of channels."""
 
 import math
 
@@ -120,7 +121,9 @@ def test_scaled_context_lands_in_the_first_channels_only(name, kwargs, size):
     """h' = h + [context; 0]: the other channels and the class token pass unchanged."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size)
-    learner = wrap(create(name, **kwargs), 3, context="R1E", objective="params", example_input=x)
+    learner = wrap(
+        create(name, **kwargs), 3, context="R1E", aux="scaled", objective="params", example_input=x
+    )
     bridge, spec = learner.bridges[1], learner.partition.boundaries[1]  # wider than 64
     h = torch.randn(2, *spec.shape[1:])
     previous = torch.randn(2, *learner.partition.boundaries[0].shape[1:])

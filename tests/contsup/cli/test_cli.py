@@ -8,6 +8,7 @@ import pytest
 import timm
 from typer.testing import CliRunner
 
+from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.cli import app
 
 runner = CliRunner()
@@ -266,7 +267,7 @@ def test_split_reports_the_aux_budget():
     result = run("split", "resnet32", "--k", "4", "--context", "R1E", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert (data["context"], data["aux"], data["head"]) == ("R1E", "scaled", "1c2f")
+    assert (data["context"], data["aux"], data["head"]) == ("R1E", DEFAULT_DESIGN, "1c2f")
     segments = data["segments"]
     assert segments[0]["bridge_params"] == 0 and segments[-1]["head_params"] == 0
     assert all(s["bridge_params"] > 0 and s["bridge_flops"] > 0 for s in segments[1:])

@@ -1,0 +1,95 @@
+"""The default design: the paper's bridge where it saves little, the thin one where not."""
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from contsup.auxiliary import DEFAULT_DESIGN, sized
+from contsup.auxiliary.scaled import FusedBridge
+from contsup.bridges import Bridge
+from contsup.budget import _meta
+from contsup.context import gather_sources
+from contsup.geometry import Geometry
+from contsup.learner import wrap
+from contsup.memory import SavedTensorTracker
+from tests.conftest import create
+
+IMAGE = Geometry("NCHW", 3, 32, 32)
+
+
+def is_rich(bridge: nn.Module) -> bool:
+    return isinstance(bridge, Bridge)  # the paper's; the thin one is scaled's FusedBridge
+
+
+@pytest.mark.parametrize(
+    "target,sources,image",
+    [
+        (Geometry("NCHW", 16, 32, 32), [], IMAGE),  # E at full resolution
+        (Geometry("NCHW", 64, 8, 8), [Geometry("NCHW", 32, 16, 16)], IMAGE),  # R1E across a stage
+        (Geometry("NCHW", 32, 16, 16), [Geometry("NCHW", 32, 16, 16)], None),  # R1
+    ],
+)
+def test_paper_saved_values_are_what_the_rich_bridge_saves(target, sources, image):
+    bridge = sized.build_bridge(target, sources, image)
+    assert is_rich(bridge)
+    batch = 4
+    inputs = [torch.randn(_meta(g, batch).shape) for g in sources]
+    x = torch.randn(batch, 3, 32, 32)
+    with SavedTensorTracker([*bridge.parameters(), *bridge.buffers(), *inputs, x]) as tracker:
+        bridge(torch.randn(_meta(target, batch).shape), inputs, x)
+    predicted = sized.paper_saved_values(target, sources, image)
+    measured = tracker.peak_bytes / 4 / batch  # float32 values per image
+    # The formula also counts conv inputs that are the (held) inputs themselves; BatchNorm's
+    # per-channel statistics, which it leaves out, are a few hundred values.
+    held = sum(g.channels * g.height * g.width for g in [*sources, IMAGE])
+    assert measured - 512 <= predicted <= measured + held
+
+
+def test_small_inputs_get_rich_bridges_into_every_channel():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    learner = wrap(create("resnet20"), 4, context="R1E", example_input=x)
+    assert learner.aux_config.design == DEFAULT_DESIGN == "sized"
+    assert all(is_rich(b) for b in learner.bridges)
+    k = 2
+    bridge, boundaries = learner.bridges[k], learner.partition.boundaries
+    h = torch.randn(2, *boundaries[k].shape[1:])
+    earlier = [torch.randn(2, *b.shape[1:]) for b in boundaries[:k]]
+    sources = learner.network.sources(k, earlier, x)
+    changed = (bridge(h, sources, x) != h).flatten(2).any(-1).any(0)
+    assert changed.all()  # every channel of the boundary gets context
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_small_patch16_224"])
+def test_224_px_gets_the_thin_bridges_of_scaled(name):
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=10)
+    x = torch.empty(8, 3, 224, 224, device="meta")
+    default = wrap(model, 8, context="R1E", example_input=x)
+    thin = wrap(model, 8, context="R1E", aux="scaled", example_input=x)
+    assert not any(is_rich(b) for b in default.bridges)
+    shapes = [[p.shape for p in b.parameters()] for b in default.bridges]
+    assert shapes == [[p.shape for p in b.parameters()] for b in thin.bridges]
+
+
+def test_each_bridge_is_sized_by_itself(monkeypatch):
+    """A limit between two boundaries' costs makes one network of both kinds."""
+    learner = wrap(create("resnet20"), 4, context="R1E", example_input=torch.zeros(2, 3, 32, 32))
+    costs = [
+        sized.paper_saved_values(
+            learner.geometries[k],
+            gather_sources(k, learner.context, learner.geometries, learner.aux_config.image),
+            learner.aux_config.image,
+        )
+        for k in range(learner.k - 1)
+    ]
+    assert len(set(costs)) > 1
+    monkeypatch.setattr(sized, "RICH_LIMIT", min(costs))
+    cuts = [b.tensors[0].node for b in learner.partition.boundaries]  # balance would move them
+    mixed = wrap(
+        create("resnet20"), cuts=cuts, context="R1E", example_input=torch.zeros(2, 3, 32, 32)
+    )
+    kinds = [is_rich(b) for b in mixed.bridges]
+    assert kinds == [c <= min(costs) for c in costs]
+    assert all(isinstance(b, FusedBridge) for b, rich in zip(mixed.bridges, kinds) if not rich)
