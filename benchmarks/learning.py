@@ -330,9 +330,11 @@ def markdown(rows: dict[str, dict]) -> str:
         if not members:
             continue
         first = members[0]
+        seeds = sorted({s["seed"] for r in members for s in r["seeds"]})
         lines += [
             f"### {suite}: {first['train_images']:,} training images, {first['epochs']} epochs, "
-            f"seeds {', '.join(str(s['seed']) for s in first['seeds'])}, all 10,000 test images",
+            f"seeds {', '.join(map(str, seeds))} (each row lists its own), "
+            "all 10,000 test images",
             "",
             "| row | mean | sd | per seed | vs R0 (paired, points) | 95% interval "
             "| per epoch (mean) | time / run |",
@@ -349,12 +351,14 @@ def markdown(rows: dict[str, dict]) -> str:
                 interval = f"[{mean - half:+.2f}, {mean + half:+.2f}]" if half == half else ""
             curve = [statistics.mean(c) for c in zip(*(s["curve"] for s in r["seeds"]))]
             seconds = statistics.mean(s["seconds"] for s in r["seeds"])
+            mark = " *" if "ran_as" in r else ""
             lines.append(
-                f"| {r['name']} | {statistics.mean(accuracies):.2f} | "
+                f"| {r['name']}{mark} | {statistics.mean(accuracies):.2f} | "
                 f"{'' if math.isnan(sd) else f'{sd:.2f}'} | "
                 f"{', '.join(f'{a:.2f}' for a in accuracies)} | {versus} | {interval} | "
                 f"{' '.join(f'{100 * c:.1f}' for c in curve)} | {seconds:.0f} s |"
             )
+        lines += ["", *(f"\\* {r['name']}: {r['ran_as']}" for r in members if "ran_as" in r)]
         lines.append("")
     return "\n".join(lines)
 

@@ -8,11 +8,10 @@ A design turns a boundary's ``Geometry`` into modules; the learner does the rest
 * ``scaled``: thin. Pools to the boundary's grid before anything learned runs,
   keeps widths small and fixed, and uses LayerNorm + token mean on token
   layouts, so heads and bridges stay a small fraction of the backbone at 224 px.
-* ``sized``: the default. ``scaled``'s heads; each bridge is rich (the paper's
-  kind: BatchNorm-ed encoders summed into every channel, on at most twice the
-  boundary's grid) where that saves little for backward, and ``scaled``'s thin
-  bridge where it would not (every bridge at 224 px for resnet50, convnext_tiny
-  and vit_small).
+* ``sized``: the default. ``scaled``'s heads; each bridge is the paper's where
+  that saves at most 1 MiB per image for backward (every bridge at 32 px), and
+  ``scaled``'s thin one where it would not (at 224 px, every bridge that reads
+  the image).
 
 Example::
 
