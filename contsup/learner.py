@@ -29,6 +29,7 @@ from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
+from contsup.mixing import hard_labels
 from contsup.network import Carry, ContextNetwork, Unit
 
 __all__ = [
@@ -190,6 +191,8 @@ class LocalLearner(nn.Module):
             step.losses      # K floats: K-1 local losses, then the final loss
 
         Args:
+            y: class indices, or soft targets (batch, classes) as mixup and label
+                smoothing make them: every local head and the classifier score them.
             raw: the un-normalised image in [0, 1] for the reconstruction decoder
                 (default: ``x`` un-normalised with ``learner.mean``/``learner.std``).
             autocast: run forward passes under ``torch.autocast`` with this dtype.
@@ -239,7 +242,12 @@ class LocalLearner(nn.Module):
             if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
                 loss.backward()
             losses.append(loss.detach())
-            hits = (scores.detach().argmax(1) == y).sum() if last or classify else y.new_zeros(())
+            # Soft targets (mixup, label smoothing) count their most probable class.
+            hits = (
+                (scores.detach().argmax(1) == hard_labels(y)).sum()
+                if last or classify
+                else y.new_zeros((), dtype=torch.long)
+            )
             correct.append(hits)
             carry.out = out.detach()
         return losses, correct

@@ -1,0 +1,102 @@
+"""The optimizer of a run: the paper's SGD, or any of timm's by name.
+
+``sgd`` (the default) is the paper's: torch's SGD, Nesterov momentum, weight decay on
+every weight. Any other name goes to ``timm.optim.create_optimizer_v2`` (``adamw``,
+``lamb``, ``nesterov``, ``momentum``, ``lion``, ...; ``timm.optim.list_optimizers()``),
+with weight decay off for biases and norm weights (every parameter of one dimension),
+as timm's ``filter_bias_and_bn`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from contsup.errors import ConfigError
+
+__all__ = ["PAPER_OPTIMIZER", "check_optimizer", "make_optimizer", "weight_decay_groups"]
+
+PAPER_OPTIMIZER = "sgd"
+
+
+def check_optimizer(name: str) -> None:
+    """Raise ``ConfigError`` (one sentence) unless ``name`` is ``sgd`` or one of timm's.
+
+    Example::
+
+        check_optimizer("adamw")   # fine
+        check_optimizer("adamx")   # ConfigError naming the closest of timm's names
+    """
+    if name == PAPER_OPTIMIZER:
+        return
+    import difflib
+
+    from timm.optim import list_optimizers
+
+    names = list_optimizers()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(
+            f"unknown optimizer {name!r}; {hint}use sgd (the paper's) or a name from "
+            "timm.optim.list_optimizers() such as adamw or lamb"
+        )
+
+
+def weight_decay_groups(
+    named_parameters: Sequence[tuple[str, nn.Parameter]], weight_decay: float
+) -> list[dict]:
+    """timm's two parameter groups: no decay for biases and norm weights, decay for the rest.
+
+    Example::
+
+        groups = weight_decay_groups(learner.named_parameters(), 0.05)
+        [len(g["params"]) for g in groups]   # [no decay, decay]
+    """
+    no_decay, decay = [], []
+    for name, param in named_parameters:
+        if param.requires_grad:
+            one_dimensional = param.ndim <= 1 or name.endswith(".bias")
+            (no_decay if one_dimensional else decay).append(param)
+    return [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay},
+    ]
+
+
+def make_optimizer(
+    name: str,
+    named_parameters: Sequence[tuple[str, nn.Parameter]],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``named_parameters`` (a pipeline stage's, or a learner's).
+
+    Example::
+
+        optimizer = make_optimizer("adamw", learner.named_parameters(), lr=1e-3,
+                                   momentum=0.9, nesterov=True, weight_decay=0.05)
+
+    ``momentum`` and ``nesterov`` shape the paper's SGD; timm's SGD variants take
+    ``momentum`` and choose Nesterov by name (``nesterov`` or ``momentum``).
+    """
+    check_optimizer(name)
+    if name == PAPER_OPTIMIZER:
+        return torch.optim.SGD(
+            [p for _, p in named_parameters],
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+        )
+    from timm.optim import create_optimizer_v2
+
+    groups = weight_decay_groups(named_parameters, weight_decay)
+    return create_optimizer_v2(
+        groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum
+    )

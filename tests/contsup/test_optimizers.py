@@ -1,0 +1,41 @@
+"""contsup.optimizers: the paper's SGD unchanged, timm's by name with decay off for norms."""
+
+import pytest
+import torch
+from timm.optim import Lamb
+
+import contsup
+from contsup.errors import ConfigError
+from contsup.optimizers import check_optimizer, make_optimizer
+from tests.conftest import create
+
+SETTINGS = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)
+
+
+def test_sgd_is_the_papers_one_group_with_decay_on_every_weight():
+    learner = contsup.wrap(create("resnet20", num_classes=10), k=2)
+    optimizer = make_optimizer("sgd", list(learner.named_parameters()), **SETTINGS)
+    assert type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1
+    (group,) = optimizer.param_groups
+    assert group["nesterov"] and group["weight_decay"] == 0.05
+    assert len(group["params"]) == len(list(learner.parameters()))
+
+
+@pytest.mark.parametrize("name,kind", [("adamw", torch.optim.AdamW), ("lamb", Lamb)])
+def test_timm_optimizers_leave_biases_and_norms_undecayed(name, kind):
+    learner = contsup.wrap(create("resnet20", num_classes=10), k=2, context="R1E")
+    named = list(learner.named_parameters())
+    optimizer = make_optimizer(name, named, **SETTINGS)
+    assert isinstance(optimizer, kind)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(decay) == len(named)  # every parameter, once
+    for param_name, param in named:
+        one_dimensional = param.ndim == 1  # biases and batch-norm weights
+        assert decay[id(param)] == (0.0 if one_dimensional else 0.05), param_name
+    assert {0.0, 0.05} == set(decay.values())
+
+
+@pytest.mark.parametrize("name", ["adamx", "Adam W", ""])
+def test_an_unknown_optimizer_is_one_sentence(name):
+    with pytest.raises(ConfigError, match=f"unknown optimizer '{name}'.*timm.optim"):
+        check_optimizer(name)
