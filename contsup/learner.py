@@ -102,6 +102,7 @@ class LocalLearner(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._score = local_loss_fn(local_loss)
+        self._no_weight_decay: frozenset[str] = frozenset()
 
     @property
     def partition(self) -> partitioner.Partition:
@@ -123,6 +124,17 @@ class LocalLearner(nn.Module):
     @property
     def k(self) -> int:
         return len(self.segments)
+
+    def no_weight_decay(self) -> frozenset[str]:
+        """The names (as in ``named_parameters()``) of the parameters the model's own
+        ``no_weight_decay()`` lists, which timm's optimizers do not decay (a ViT's
+        ``pos_embed`` and ``cls_token``); timm's convention, under the learner's names.
+
+        Example::
+
+            learner.no_weight_decay()   # {'network.segments.0.pos_embed', ...}
+        """
+        return self._no_weight_decay
 
     def unit(self, j: int) -> Unit:
         """Unit ``j``: the bridge into segment j, segment j, and its head and decoder
@@ -400,5 +412,13 @@ def wrap(
         mean=_per_channel(cfg.get("mean"), channels),
         std=_per_channel(cfg.get("std"), channels),
     )
+    learner._no_weight_decay = _no_weight_decay(model, learner)
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
+
+
+def _no_weight_decay(model: nn.Module, learner: LocalLearner) -> frozenset[str]:
+    """The learner's names of the parameters ``model.no_weight_decay()`` lists (shared)."""
+    listed = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    exempt = {id(p) for name, p in model.named_parameters() if name in listed}
+    return frozenset(name for name, p in learner.named_parameters() if id(p) in exempt)

@@ -3,13 +3,14 @@
 ``sgd`` (the default) is the paper's: torch's SGD, Nesterov momentum, weight decay on
 every weight. Any other name goes to ``timm.optim.create_optimizer_v2`` (``adamw``,
 ``lamb``, ``nesterov``, ``momentum``, ``lion``, ...; ``timm.optim.list_optimizers()``),
-with weight decay off for biases and norm weights (every parameter of one dimension),
-as timm's ``filter_bias_and_bn`` does.
+with weight decay off for biases and norm weights (every parameter of one dimension)
+and for the names the model's ``no_weight_decay()`` lists, as timm's
+``filter_bias_and_bn`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
@@ -46,20 +47,23 @@ def check_optimizer(name: str) -> None:
 
 
 def weight_decay_groups(
-    named_parameters: Sequence[tuple[str, nn.Parameter]], weight_decay: float
+    named_parameters: Sequence[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    no_weight_decay: Collection[str] = (),
 ) -> list[dict]:
-    """timm's two parameter groups: no decay for biases and norm weights, decay for the rest.
+    """timm's two parameter groups: no decay for biases, norm weights and the names in
+    ``no_weight_decay`` (a ViT's ``pos_embed``, ``cls_token``), decay for the rest.
 
     Example::
 
-        groups = weight_decay_groups(learner.named_parameters(), 0.05)
+        groups = weight_decay_groups(learner.named_parameters(), 0.05, learner.no_weight_decay())
         [len(g["params"]) for g in groups]   # [no decay, decay]
     """
     no_decay, decay = [], []
     for name, param in named_parameters:
         if param.requires_grad:
-            one_dimensional = param.ndim <= 1 or name.endswith(".bias")
-            (no_decay if one_dimensional else decay).append(param)
+            exempt = param.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay
+            (no_decay if exempt else decay).append(param)
     return [
         {"params": no_decay, "weight_decay": 0.0},
         {"params": decay, "weight_decay": weight_decay},
@@ -74,6 +78,7 @@ def make_optimizer(
     momentum: float,
     nesterov: bool,
     weight_decay: float,
+    no_weight_decay: Collection[str] = (),
 ) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``named_parameters`` (a pipeline stage's, or a learner's).
 
@@ -84,6 +89,8 @@ def make_optimizer(
 
     ``momentum`` and ``nesterov`` shape the paper's SGD; timm's SGD variants take
     ``momentum`` and choose Nesterov by name (``nesterov`` or ``momentum``).
+    ``no_weight_decay``: names that timm's optimizers leave undecayed, as
+    ``LocalLearner.no_weight_decay()`` gives them.
     """
     check_optimizer(name)
     if name == PAPER_OPTIMIZER:
@@ -96,7 +103,7 @@ def make_optimizer(
         )
     from timm.optim import create_optimizer_v2
 
-    groups = weight_decay_groups(named_parameters, weight_decay)
+    groups = weight_decay_groups(named_parameters, weight_decay, no_weight_decay)
     return create_optimizer_v2(
         groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum
     )

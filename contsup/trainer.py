@@ -184,6 +184,7 @@ def _start(config: TrainConfig, mesh, checkpoints: CheckpointManager, signals) -
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
+        no_weight_decay=learner.no_weight_decay(),
     )
     steps = steps_per_epoch(data)
     lr_at = schedule(

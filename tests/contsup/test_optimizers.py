@@ -39,3 +39,19 @@ def test_timm_optimizers_leave_biases_and_norms_undecayed(name, kind):
 def test_an_unknown_optimizer_is_one_sentence(name):
     with pytest.raises(ConfigError, match=f"unknown optimizer '{name}'.*timm.optim"):
         check_optimizer(name)
+
+
+def test_a_vits_position_embedding_and_class_token_are_not_decayed_as_in_timm():
+    model = create("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10)
+    learner = contsup.wrap(model, k=2, context="R1E", example_input=torch.zeros(2, 3, 32, 32))
+    assert learner.no_weight_decay() == {
+        "network.segments.0.pos_embed",
+        "network.segments.0.cls_token",
+    }
+    optimizer = make_optimizer(
+        "adamw", list(learner.named_parameters()), **SETTINGS,
+        no_weight_decay=learner.no_weight_decay(),
+    )  # fmt: skip
+    undecayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(model.pos_embed) in undecayed and id(model.cls_token) in undecayed
+    assert id(model.patch_embed.proj.weight) not in undecayed
