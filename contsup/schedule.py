@@ -132,7 +132,13 @@ def schedule(
 
 
 def check_schedule(name: str) -> None:
-    """Raise ``ScheduleError`` (one sentence) unless ``name`` is one of ``SCHEDULES``."""
+    """Raise ``ScheduleError`` (one sentence) unless ``name`` is one of ``SCHEDULES``.
+
+    Example::
+
+        check_schedule("timm:cosine")   # fine
+        check_schedule("timm:nope")     # ScheduleError listing the schedules
+    """
     if name not in SCHEDULES:
         raise ScheduleError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
 
