@@ -240,8 +240,9 @@ def check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict) or not isinstance(state.get("epoch"), int):
         raise CheckpointError(f"{path} is not a contsup checkpoint")
-    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs.
-    saved = _effective({"schedule": "paper", **saved})
+    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs;
+    # runs from before timm's training pieces trained as their defaults do.
+    saved = _effective({**_TIMM_PIECES_OFF, "schedule": "paper", **saved})
     current = _effective(asdict(config))
     changed = [name for name in IDENTITY if saved.get(name) != current[name]]
     if changed == ["epochs"]:
@@ -255,6 +256,12 @@ def check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
         raise CheckpointError(
             f"{path} is from a different run: {name} was {saved.get(name)!r}, now {current[name]!r}"
         )
+
+
+_TIMM_PIECES_OFF = {
+    name: getattr(TrainConfig(), name)
+    for name in ("optimizer", "augment", "random_erasing", "mixup", "cutmix", "label_smoothing")
+}
 
 
 def _effective(config: dict) -> dict:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -203,3 +203,15 @@ def test_sigterm_to_contsup_train_checkpoints_and_exits_75(tmp_path, uninterrupt
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics(out) == metrics(uninterrupted)
+
+
+def test_a_checkpoint_from_before_timms_pieces_resumes_as_a_run_without_them(tmp_path):
+    from contsup.checkpoint_manager import check_same_run
+
+    config = replace(SMALL, out=str(tmp_path))
+    saved = asdict(config)
+    for name in ("optimizer", "augment", "random_erasing", "mixup", "cutmix", "label_smoothing"):
+        del saved[name]  # what contsup wrote before these fields existed
+    check_same_run({"config": saved, "epoch": 1}, config, tmp_path / "checkpoint.json")
+    with pytest.raises(CheckpointError, match="mixup was 0.0, now 0.8"):
+        check_same_run({"config": saved, "epoch": 1}, replace(config, mixup=0.8), tmp_path)
