@@ -5,7 +5,10 @@ every weight. Any other name goes to ``timm.optim.create_optimizer_v2`` (``adamw
 ``lamb``, ``nesterov``, ``momentum``, ``lion``, ...; ``timm.optim.list_optimizers()``),
 with weight decay off for biases and norm weights (every parameter of one dimension)
 and for the names the model's ``no_weight_decay()`` lists, as timm's
-``filter_bias_and_bn`` does.
+``filter_bias_and_bn`` does. LAMB's clipping by the global gradient norm is off:
+each segment learns from its own loss, and under a pipeline each stage steps only
+its own parameters, so a norm over all of them would make a pipelined run differ
+from one process.
 """
 
 from __future__ import annotations
@@ -101,9 +104,17 @@ def make_optimizer(
             nesterov=nesterov,
             weight_decay=weight_decay,
         )
-    from timm.optim import create_optimizer_v2
+    import inspect
+
+    from timm.optim import create_optimizer_v2, get_optimizer_class
 
     groups = weight_decay_groups(named_parameters, weight_decay, no_weight_decay)
+    options = {}
+    accepted = inspect.signature(get_optimizer_class(name, bind_defaults=False)).parameters
+    if "max_grad_norm" in accepted:
+        # LAMB clips by the norm of every gradient it steps: that would couple the
+        # gradient-isolated segments, and a pipeline stage sees only its own gradients.
+        options["max_grad_norm"] = None
     return create_optimizer_v2(
-        groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum
+        groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum, **options
     )

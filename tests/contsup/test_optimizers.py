@@ -55,3 +55,12 @@ def test_a_vits_position_embedding_and_class_token_are_not_decayed_as_in_timm():
     undecayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     assert id(model.pos_embed) in undecayed and id(model.cls_token) in undecayed
     assert id(model.patch_embed.proj.weight) not in undecayed
+
+
+def test_lamb_does_not_clip_by_a_norm_over_every_segment():
+    """A global norm would couple the segments and differ between a pipeline and one process."""
+    learner = contsup.wrap(create("resnet20", num_classes=10), k=2)
+    optimizer = make_optimizer("lamb", list(learner.named_parameters()), **SETTINGS)
+    assert optimizer.defaults["max_grad_norm"] is None
+    assert "max_grad_norm" not in make_optimizer("adamw", list(learner.named_parameters()),
+                                                 **SETTINGS).defaults  # fmt: skip

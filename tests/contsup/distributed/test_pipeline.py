@@ -257,9 +257,10 @@ def test_torchrun_pipeline_with_timms_pieces_equals_one_process(recipe, tmp_path
         "label_smoothing: 0.1\n"
     )
     one, two = tmp_path / "one", tmp_path / "p2"
-    result = contsup("train", "--recipe", str(pieces), "--out", str(one))
+    result = contsup("train", "--recipe", str(pieces), "--out", str(one), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = torchrun(2, "train", "--recipe", str(pieces), "--out", str(two), "--pipeline", "2")
+    p2 = ("train", "--recipe", str(pieces), "--out", str(two), "--pipeline", "2")
+    result = torchrun(2, *p2, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert without_timing(two) == without_timing(one)
     mine, theirs = checkpoint_tensors(two), checkpoint_tensors(one)
