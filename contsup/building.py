@@ -16,6 +16,7 @@ import torch
 
 from contsup.config import TrainConfig
 from contsup.data import Batches, DatasetInfo, load_dataset
+from contsup.data.augment import use_timm_augment
 from contsup.distributed import launched
 from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
@@ -114,6 +115,7 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
         workers=config.workers,
     )
     data.take(config.train_images, config.test_images)
+    use_timm_augment(data, config.augment, config.random_erasing)
     learner = build_learner(config, data.info)
     if config.channels_last:
         learner.to(memory_format=torch.channels_last)

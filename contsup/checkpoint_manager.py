@@ -141,6 +141,9 @@ class CheckpointManager:
             "cuts": cuts,
             "data": info_record(info),
         }
+        counters = _group_counters(optimizer)
+        if any(counters):
+            state["optimizer_groups"] = counters
         name = None
         if partial is not None:
             state["partial_epoch"] = partial.as_dict()
@@ -183,12 +186,25 @@ def _checkpoint_tensors(pipe: Pipeline, optimizer: torch.optim.Optimizer) -> dic
     return tensors
 
 
+def _group_counters(optimizer: torch.optim.Optimizer) -> list[dict[str, float]]:
+    """The numbers an optimizer keeps per parameter group as tensors (timm's LAMB: its
+    step count), for the JSON pointer: the same on every rank, unlike its parameters."""
+    return [
+        {key: value.item() for key, value in group.items() if torch.is_tensor(value)}
+        for group in optimizer.param_groups
+    ]
+
+
 def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.Optimizer) -> None:
     """Load this rank's learner and optimizer tensors from the checkpoint in ``out``."""
     stored = checkpoint_entries(out, state)
     wanted = {f"learner.{name}": t for name, t in pipe.state_dict().items()}
     slots: dict[int, dict[str, torch.Tensor]] = {}
-    for index, (name, param) in enumerate(pipe.named_parameters()):
+    # The optimizer numbers its parameters group after group (timm's: no decay, then decay).
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    position = {id(p): i for i, p in enumerate(grouped)}
+    for name, param in pipe.named_parameters():
+        index = position[id(param)]
         prefix = f"optimizer.{name}."
         for key, entry in stored.items():
             if key.startswith(prefix):
@@ -202,6 +218,14 @@ def _load_state(out: Path, state: dict, pipe: Pipeline, optimizer: torch.optim.O
                 slots.setdefault(index, {})[slot] = wanted[key] = tensor.to(param.device)
     load_tensors(out, state, wanted)
     groups = optimizer.state_dict()["param_groups"]
+    counters = state.get("optimizer_groups", [])
+    if not isinstance(counters, list) or not all(
+        isinstance(c, dict) and all(isinstance(v, (int, float)) for v in c.values())
+        for c in counters
+    ):
+        raise CheckpointError(f"{out / POINTER} holds malformed optimizer_groups")
+    for group, numbers in zip(groups, counters):
+        group.update(numbers)  # e.g. timm's LAMB counts its steps per group
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
@@ -216,8 +240,9 @@ def check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict) or not isinstance(state.get("epoch"), int):
         raise CheckpointError(f"{path} is not a contsup checkpoint")
-    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs.
-    saved = _effective({"schedule": "paper", **saved})
+    # Runs of contsup < 0.3 had the paper's per-epoch schedule and a warm-up in epochs;
+    # runs from before timm's training pieces trained as their defaults do.
+    saved = _effective({**_TIMM_PIECES_OFF, "schedule": "paper", **saved})
     current = _effective(asdict(config))
     changed = [name for name in IDENTITY if saved.get(name) != current[name]]
     if changed == ["epochs"]:
@@ -231,6 +256,12 @@ def check_same_run(state: dict, config: TrainConfig, path: Path) -> None:
         raise CheckpointError(
             f"{path} is from a different run: {name} was {saved.get(name)!r}, now {current[name]!r}"
         )
+
+
+_TIMM_PIECES_OFF = {
+    name: getattr(TrainConfig(), name)
+    for name in ("optimizer", "augment", "random_erasing", "mixup", "cutmix", "label_smoothing")
+}
 
 
 def _effective(config: dict) -> dict:

@@ -58,6 +58,15 @@ class TrainConfig:
     schedule: str = field(default="cosine", metadata=_IDENTITY)
     # None: a sixteenth of the run (the paper's 10 of 160)
     warmup_epochs: float | None = field(default=None, metadata=_IDENTITY)
+    # "sgd": the paper's (torch SGD, decay on every weight); any other: timm's factory
+    optimizer: str = field(default="sgd", metadata=_IDENTITY)
+    # None: the dataset's own crop-and-flip; "timm" or a timm auto-augment policy
+    # ("rand-m9-mstd0.5-inc1", "trivialaugment", "augmix-m5", "original"): timm's transform
+    augment: str | None = field(default=None, metadata=_IDENTITY)
+    random_erasing: float = field(default=0.0, metadata=_IDENTITY)  # timm's re_prob
+    mixup: float = field(default=0.0, metadata=_IDENTITY)  # mixup alpha; 0: off
+    cutmix: float = field(default=0.0, metadata=_IDENTITY)  # cutmix alpha; 0: off
+    label_smoothing: float = field(default=0.0, metadata=_IDENTITY)
     device: str = "auto"
     amp: str | None = None
     channels_last: bool = False

@@ -29,6 +29,7 @@ from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
+from contsup.mixing import hard_labels
 from contsup.network import Carry, ContextNetwork, Unit
 
 __all__ = [
@@ -101,6 +102,7 @@ class LocalLearner(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._score = local_loss_fn(local_loss)
+        self._no_weight_decay: frozenset[str] = frozenset()
 
     @property
     def partition(self) -> partitioner.Partition:
@@ -122,6 +124,17 @@ class LocalLearner(nn.Module):
     @property
     def k(self) -> int:
         return len(self.segments)
+
+    def no_weight_decay(self) -> frozenset[str]:
+        """The names (as in ``named_parameters()``) of the parameters the model's own
+        ``no_weight_decay()`` lists, which timm's optimizers do not decay (a ViT's
+        ``pos_embed`` and ``cls_token``); timm's convention, under the learner's names.
+
+        Example::
+
+            learner.no_weight_decay()   # {'network.segments.0.pos_embed', ...}
+        """
+        return self._no_weight_decay
 
     def unit(self, j: int) -> Unit:
         """Unit ``j``: the bridge into segment j, segment j, and its head and decoder
@@ -190,6 +203,8 @@ class LocalLearner(nn.Module):
             step.losses      # K floats: K-1 local losses, then the final loss
 
         Args:
+            y: class indices, or soft targets (batch, classes) as mixup and label
+                smoothing make them: every local head and the classifier score them.
             raw: the un-normalised image in [0, 1] for the reconstruction decoder
                 (default: ``x`` un-normalised with ``learner.mean``/``learner.std``).
             autocast: run forward passes under ``torch.autocast`` with this dtype.
@@ -239,7 +254,12 @@ class LocalLearner(nn.Module):
             if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
                 loss.backward()
             losses.append(loss.detach())
-            hits = (scores.detach().argmax(1) == y).sum() if last or classify else y.new_zeros(())
+            # Soft targets (mixup, label smoothing) count their most probable class.
+            hits = (
+                (scores.detach().argmax(1) == hard_labels(y)).sum()
+                if last or classify
+                else y.new_zeros((), dtype=torch.long)
+            )
             correct.append(hits)
             carry.out = out.detach()
         return losses, correct
@@ -392,5 +412,13 @@ def wrap(
         mean=_per_channel(cfg.get("mean"), channels),
         std=_per_channel(cfg.get("std"), channels),
     )
+    learner._no_weight_decay = _no_weight_decay(model, learner)
     device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
+
+
+def _no_weight_decay(model: nn.Module, learner: LocalLearner) -> frozenset[str]:
+    """The learner's names of the parameters ``model.no_weight_decay()`` lists (shared)."""
+    listed = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    exempt = {id(p) for name, p in model.named_parameters() if name in listed}
+    return frozenset(name for name, p in learner.named_parameters() if id(p) in exempt)

@@ -9,6 +9,12 @@ Two by name:
   warm-up that starts at 0.01 whatever the peak, and a cosine that reaches 0 at
   the last epoch. The paper recipes use it to reproduce the tables.
 
+And timm's, as ``timm:NAME`` (``timm:cosine``, ``timm:tanh``, ``timm:poly``): the
+scheduler ``timm.scheduler.create_scheduler_v2`` makes, stepped per optimizer step
+(timm's ``sched_on_updates``), with its warm-up from timm's ``warmup_lr`` (1e-5) and
+its ``min_lr`` (0). A timm scheduler's lr is a function of the step number alone, so a
+resumed run continues it exactly.
+
 Example::
 
     lr_at = schedule("cosine", lr=0.1, epochs=4, steps_per_epoch=70, warmup_epochs=0.25)
@@ -20,11 +26,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+
 from contsup.errors import ContsupError
 
-__all__ = ["SCHEDULES", "ScheduleError", "cosine_lr", "paper_lr", "schedule", "warmup_epochs"]
+__all__ = [
+    "SCHEDULES",
+    "ScheduleError",
+    "check_schedule",
+    "cosine_lr",
+    "paper_lr",
+    "schedule",
+    "timm_schedule",
+    "warmup_epochs",
+]
 
-SCHEDULES = ("cosine", "paper")
+SCHEDULES = ("cosine", "paper", "timm:cosine", "timm:tanh", "timm:poly")
 WARMUP_SHARE = 1 / 16  # the paper's 10 warm-up epochs of 160
 
 
@@ -109,4 +126,51 @@ def schedule(
         warmup = round(warmup_epochs * steps_per_epoch) or (1 if warmup_epochs else 0)
         warmup = min(warmup, steps - 1)
         return lambda step: cosine_lr(step, steps, lr, warmup)
-    raise ScheduleError(f"unknown schedule {name!r}; use {' or '.join(SCHEDULES)}")
+    if name in SCHEDULES:
+        return timm_schedule(name.partition(":")[2], lr, epochs, steps_per_epoch, warmup_epochs)
+    raise ScheduleError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def check_schedule(name: str) -> None:
+    """Raise ``ScheduleError`` (one sentence) unless ``name`` is one of ``SCHEDULES``.
+
+    Example::
+
+        check_schedule("timm:cosine")   # fine
+        check_schedule("timm:nope")     # ScheduleError listing the schedules
+    """
+    if name not in SCHEDULES:
+        raise ScheduleError(f"unknown schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+
+
+def timm_schedule(
+    name: str, lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: float
+) -> Callable[[int], float]:
+    """timm's scheduler ``name`` as the lr of each global step (0-based).
+
+    Example::
+
+        lr_at = timm_schedule("cosine", lr=1e-3, epochs=300, steps_per_epoch=1251,
+                              warmup_epochs=5)
+        lr_at(0)   # 1e-5: timm's warmup_lr
+
+    timm schedules an optimizer's groups; this one schedules a throwaway optimizer's
+    single group and reads its lr back, so the run's lr stays a pure function of the step.
+    """
+    from timm.scheduler import create_scheduler_v2
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler, _ = create_scheduler_v2(
+        probe,
+        sched=name,
+        num_epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+
+    def lr_at(step: int) -> float:
+        scheduler.step_update(step)
+        return probe.param_groups[0]["lr"]
+
+    return lr_at

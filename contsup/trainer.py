@@ -1,4 +1,5 @@
-"""Train a LocalLearner: the paper's SGD and schedule, metrics, atomic checkpoints, resume.
+"""Train a LocalLearner: the paper's SGD and schedule (or timm's optimizers, schedulers,
+mixup/cutmix and label smoothing, chosen by name), metrics, atomic checkpoints, resume.
 
 Per epoch: train (one ``local_backward`` and one optimizer step per batch), then
 evaluate on the test split, then commit a checkpoint (``CheckpointManager``),
@@ -42,8 +43,10 @@ from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
 from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
 from contsup.metrics import EpochRecord, UnitTotals, write_metrics
+from contsup.mixing import TargetMixer, check_mixing, mixer_for
+from contsup.optimizers import check_optimizer, make_optimizer
 from contsup.preemption import PartialEpoch, Preempted, StopSignals, check_checkpoint_every
-from contsup.schedule import schedule, warmup_epochs
+from contsup.schedule import check_schedule, schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
 
 # TrainConfig (contsup.config) stays importable from here, where contsup 0.3 had it.
@@ -84,6 +87,7 @@ def train(
     when another rank dies.
     """
     check_checkpoint_every(config.checkpoint_every)
+    _check_recipe_pieces(config)
     device = resolve_device(config.device)
     if device.type == "cpu":
         torch.set_num_threads(config.threads or default_threads())
@@ -94,6 +98,17 @@ def train(
     finally:
         if mesh is not None:
             torch.distributed.destroy_process_group()
+
+
+def _check_recipe_pieces(config: TrainConfig) -> None:
+    """Refuse, before anything slow, an optimizer, schedule, augmentation or mixing that
+    cannot run (``ConfigError``: one sentence)."""
+    from contsup.data.augment import check_augment
+
+    check_optimizer(config.optimizer)
+    check_schedule(config.schedule)
+    check_augment(config.augment, config.random_erasing)
+    check_mixing(config.mixup, config.cutmix, config.label_smoothing, config.local_loss)
 
 
 @dataclass
@@ -114,6 +129,7 @@ class _Run:
     checkpoints: CheckpointManager
     signals: StopSignals
     stop_every: int  # steps between checks for a stop
+    mixer: TargetMixer | None  # mixup, cutmix, label smoothing; None: hard labels
 
 
 def _train(config: TrainConfig, mesh, resume: bool, on_step, on_epoch, signals) -> dict:
@@ -161,12 +177,14 @@ def _start(config: TrainConfig, mesh, checkpoints: CheckpointManager, signals) -
     pipe = pipeline(
         learner, mesh, device, balance=config.pipeline_balance, batch_size=config.batch_size
     )
-    optimizer = torch.optim.SGD(
-        pipe.parameters(),
+    optimizer = make_optimizer(
+        config.optimizer,
+        pipe.named_parameters(),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
+        no_weight_decay=learner.no_weight_decay(),
     )
     steps = steps_per_epoch(data)
     lr_at = schedule(
@@ -179,9 +197,11 @@ def _start(config: TrainConfig, mesh, checkpoints: CheckpointManager, signals) -
     autocast = {"bf16": torch.bfloat16, None: None}[config.amp]
     main = mesh is None or torch.distributed.get_rank() == 0
     stop_every = 1 if mesh is None else STOP_CHECK_STEPS
+    mixer = mixer_for(data.info.num_classes, config.seed, config.mixup, config.cutmix,
+                      config.label_smoothing)  # fmt: skip
     return _Run(
         config, learner, data, device, pipe, optimizer, generator, lr_at, steps, autocast, main,
-        checkpoints, signals, stop_every,
+        checkpoints, signals, stop_every, mixer,
     )  # fmt: skip
 
 
@@ -286,7 +306,11 @@ def _step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ra
     """One optimizer step at the schedule's learning rate; its result."""
     if run.config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    lr = run.lr_at((epoch - 1) * run.steps + step - 1)
+    done = (epoch - 1) * run.steps + step - 1
+    if run.mixer is not None:  # every local loss, not only the last, gets the soft targets
+        x, y = run.mixer(x, y, done)
+        raw = None  # the reconstruction target: the mixed image, as the learner computes it
+    lr = run.lr_at(done)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)

@@ -41,11 +41,34 @@ def train(
     lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
     schedule: Annotated[
         str | None,
-        typer.Option(help="cosine (per step, the default) | paper (the reference's, per epoch)"),
+        typer.Option(
+            help="cosine (per step, the default) | paper (the reference's, per epoch)"
+            " | timm:cosine | timm:tanh | timm:poly (timm's scheduler, per step)"
+        ),
     ] = None,
     warmup_epochs: Annotated[
         float | None, typer.Option(help="default: a sixteenth of the run")
     ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(
+            help="sgd (the paper's, the default) | any timm optimizer: adamw, lamb, nesterov, ..."
+        ),
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            help="timm's transform (streamed datasets): timm | trivialaugment | a timm"
+            " auto-augment policy, e.g. rand-m9-mstd0.5-inc1"
+        ),
+    ] = None,
+    random_erasing: Annotated[
+        float | None, typer.Option(help="timm's random erasing probability (streamed datasets)")
+    ] = None,
+    mixup: Annotated[float | None, typer.Option(help="mixup alpha (0: off)")] = None,
+    cutmix: Annotated[float | None, typer.Option(help="cutmix alpha (0: off)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
     aux: Annotated[
         str | None, typer.Option(help="heads and bridges: sized (default) | scaled | paper")
     ] = None,
@@ -216,6 +239,7 @@ def _run_line(config, label: str) -> str:
     return (
         f"{label + ': ' if label else ''}{config.model} {cut}, context {config.context}, "
         f"aux {config.aux}, on {config.dataset}: {config.epochs} epochs of batch "
-        f"{config.batch_size}, lr {config.lr} ({config.schedule}), on {device}{threads}; "
+        f"{config.batch_size}, {config.optimizer} at lr {config.lr} ({config.schedule}), "
+        f"on {device}{threads}; "
         f"run in {config.out_dir()}"
     )

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -34,6 +34,11 @@ SMALL = TrainConfig(
     tensorboard=False,
 )
 STEPS = 4
+# timm's recipe pieces: mixup, cutmix and label smoothing, a timm optimizer, timm's cosine.
+TIMM_PIECES = replace(
+    SMALL, optimizer="adamw", schedule="timm:cosine", warmup_epochs=0.5, lr=1e-3,
+    weight_decay=0.05, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+)  # fmt: skip
 
 
 def metrics(out):
@@ -100,6 +105,26 @@ def test_a_run_killed_after_a_step_checkpoint_resumes_bitwise(
     train(config, resume=True, on_step=lambda step, *_: resumed.append(step))
     assert resumed[0] == partial["step"] + 1  # no batch is trained twice
     assert_same_run(tmp_path, uninterrupted)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb"])  # lamb counts steps per group
+def test_a_run_with_timm_pieces_killed_mid_epoch_resumes_bitwise(tmp_path, optimizer):
+    config = replace(TIMM_PIECES, optimizer=optimizer, out=str(tmp_path / "run"))
+    reference = tmp_path / "uninterrupted"
+    train(replace(config, out=str(reference)))
+    steps = []
+
+    def killed(step, *_):
+        steps.append(step)
+        if len(steps) == 7:  # epoch 2, step 3: the step checkpoint after its step 2 survives
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(config, checkpoint_every=3), on_step=killed)
+    partial = load_checkpoint(config.out)["partial_epoch"]
+    assert (partial["epoch"], partial["step"]) == (2, 2)
+    train(replace(config, checkpoint_every=3), resume=True)
+    assert_same_run(tmp_path / "run", reference)
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
@@ -178,3 +203,15 @@ def test_sigterm_to_contsup_train_checkpoints_and_exits_75(tmp_path, uninterrupt
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert metrics(out) == metrics(uninterrupted)
+
+
+def test_a_checkpoint_from_before_timms_pieces_resumes_as_a_run_without_them(tmp_path):
+    from contsup.checkpoint_manager import check_same_run
+
+    config = replace(SMALL, out=str(tmp_path))
+    saved = asdict(config)
+    for name in ("optimizer", "augment", "random_erasing", "mixup", "cutmix", "label_smoothing"):
+        del saved[name]  # what contsup wrote before these fields existed
+    check_same_run({"config": saved, "epoch": 1}, config, tmp_path / "checkpoint.json")
+    with pytest.raises(CheckpointError, match="mixup was 0.0, now 0.8"):
+        check_same_run({"config": saved, "epoch": 1}, replace(config, mixup=0.8), tmp_path)

@@ -6,9 +6,13 @@ import pytest
 import timm
 
 from contsup.context import parse_context
-from contsup.data import parse_dataset
+from contsup.data import DataError, parse_dataset
+from contsup.data.augment import check_augment
 from contsup.heads import parse_head
+from contsup.mixing import check_mixing
+from contsup.optimizers import check_optimizer
 from contsup.recipes import RecipeError, load_recipe
+from contsup.schedule import check_schedule
 from contsup.trainer import TrainConfig
 
 RECIPES = sorted(Path(__file__).resolve().parents[2].joinpath("recipes").glob("*.yaml"))
@@ -28,6 +32,8 @@ def test_every_paper_experiment_has_a_recipe():
         "timm_resnet18",
         "timm_vit_tiny",
         "timm_convnext_atto",
+        "imagenet_resnet50",
+        "imagenet_vit_small",
     } <= names
 
 
@@ -40,8 +46,29 @@ def test_recipe_is_valid(path):
         assert timm.is_model(config.model)
         parse_context(config.context)
         parse_head(config.head)
-        parse_dataset(config.dataset)
+        folder = config.dataset.partition("imagefolder:")[2]
+        if folder and not Path(folder).is_dir():  # ImageNet: a path on the user's machine
+            with pytest.raises(DataError, match=f"{folder} is not a directory"):
+                parse_dataset(config.dataset)
+        else:
+            parse_dataset(config.dataset)
         assert config.decoder is None or len(config.decoder) == 4
+        check_optimizer(config.optimizer)
+        check_schedule(config.schedule)
+        check_augment(config.augment, config.random_erasing)
+        check_mixing(config.mixup, config.cutmix, config.label_smoothing, config.local_loss)
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50", "imagenet_vit_small"])
+def test_imagenet_recipes_use_timms_pieces_and_keep_the_paper_recipes_sgd(name):
+    recipe = load_recipe(Path(f"recipes/{name}.yaml"))
+    config = TrainConfig(**recipe.base)
+    assert config.optimizer in ("lamb", "adamw") and config.schedule == "timm:cosine"
+    assert config.augment.startswith("rand-") and config.mixup and config.cutmix
+    assert config.k == 4 and config.context == "R1E"
+    for paper in Path("recipes").glob("t[1-4]_*.yaml"):
+        base = load_recipe(paper).base
+        assert TrainConfig(**base).optimizer == "sgd" and base["schedule"] == "paper"
 
 
 def test_paper_tables_match_paper_md():

@@ -58,3 +58,23 @@ def test_bad_schedules_are_user_errors():
         warmup_epochs(4, 4)
     with pytest.raises(ScheduleError, match="at least 0"):
         warmup_epochs(-1, 4)
+
+
+@pytest.mark.parametrize("name", ["cosine", "tanh", "poly"])
+def test_timm_schedules_are_timms_per_step_curve_and_a_function_of_the_step(name):
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    lr_at = schedule(f"timm:{name}", lr=0.5, epochs=3, steps_per_epoch=7, warmup_epochs=1)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+    timms, _ = create_scheduler_v2(
+        optimizer, sched=name, num_epochs=3, warmup_epochs=1, step_on_epochs=False,
+        updates_per_epoch=7,
+    )  # fmt: skip
+    expected = []
+    for step in range(21):
+        timms.step_update(step)
+        expected.append(optimizer.param_groups[0]["lr"])
+    assert [lr_at(s) for s in range(21)] == expected
+    assert expected[0] == 1e-5 and max(expected) > 0.4  # timm's warm-up, then its peak
+    assert [lr_at(s) for s in reversed(range(21))] == expected[::-1]  # as a resume asks

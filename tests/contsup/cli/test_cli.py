@@ -233,6 +233,16 @@ def test_each_run_of_a_recipe_gets_its_own_directory_under_out(tmp_path):
         (["train", "--recipe", "recipes/nope.yaml"], "cannot read recipe"),
         (["train", "resnet20", "--checkpoint-every", "0"], "takes a number of steps >= 1, got 0"),
         (["train", "resnet20", "--checkpoint-every", "-5"], "steps >= 1, got -5"),
+        (["train", "resnet20", "--optimizer", "adamx"], "unknown optimizer 'adamx'"),
+        (["train", "resnet20", "--schedule", "timm:nope"], "unknown schedule 'timm:nope'"),
+        (["train", "resnet20", "--augment", "rand-x9"], "timm cannot build the augmentation"),
+        (["train", "resnet20", "--augment", "randaugment"], "augmentation 'randaugment'"),
+        (["train", "resnet20", "--random-erasing", "2"], "random_erasing is a probability"),
+        (["train", "resnet20", "--augment", "timm"], "digits is augmented on the device"),
+        (
+            ["train", "resnet20", "--mixup", "0.8", "--local-loss", "contrast"],
+            "'contrast' local loss needs hard labels",
+        ),
     ],
 )
 def test_train_user_errors_exit_2(args, message, tmp_path):

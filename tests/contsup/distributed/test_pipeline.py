@@ -247,6 +247,28 @@ def test_torchrun_pipeline_equals_one_process(recipe, one_process, tmp_path):
     assert all(torch.equal(mine[n], theirs[n]) for n in mine)
 
 
+def test_torchrun_pipeline_with_timms_pieces_equals_one_process(recipe, tmp_path):
+    """Mixup, cutmix, label smoothing, LAMB and timm's cosine: every stage mixes the batch
+    the same way, so the pipeline stays bitwise one process's."""
+    pieces = tmp_path / "pieces.yaml"
+    text = recipe.read_text().replace("lr: 0.1\n", "lr: 0.005\n").replace("epochs: 3", "epochs: 2")
+    pieces.write_text(
+        text + "optimizer: lamb\nschedule: timm:cosine\nmixup: 0.8\ncutmix: 1.0\n"
+        "label_smoothing: 0.1\n"
+    )
+    one, two = tmp_path / "one", tmp_path / "p2"
+    result = contsup("train", "--recipe", str(pieces), "--out", str(one), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    p2 = ("train", "--recipe", str(pieces), "--out", str(two), "--pipeline", "2")
+    result = torchrun(2, *p2, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert without_timing(two) == without_timing(one)
+    mine, theirs = checkpoint_tensors(two), checkpoint_tensors(one)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)
+    assert load_checkpoint(two)["optimizer_groups"] == load_checkpoint(one)["optimizer_groups"]
+
+
 def test_killed_rank_ends_the_job_and_resume_at_another_size(recipe, one_process, tmp_path):
     out = tmp_path / "run"
     args = ["-m", "contsup", "train", "--recipe", str(recipe), "--out", str(out)]
