@@ -1,20 +1,20 @@
-"""The default aux design: the paper's bridges where they are cheap, thin ones where not.
+"""An opt-in aux design: the paper's bridges where they are cheap, thin ones where not.
 
-What carries context supply's benefit, measured (docs/context.md): the paper's
-bridges, whose encoders run at full resolution and add their BatchNorm-ed
-output to every channel of the boundary. With the same heads they beat the
-16-channel band of ``scaled`` on the learning benchmark (ResNet-32, K=16,
-core budget) seed for seed, by 0.56 points; pooled to twice the boundary's
-grid first, they lost that gain. But at 224 px the paper's ``E`` encoder alone
-saves more for backward than the segment it serves. So each bridge here is
-chosen by what the paper's would save, per image:
+The paper's bridges run their encoders at full resolution and add their
+BatchNorm-ed output to every channel of the boundary. With ``scaled``'s heads
+they learn a little better than ``scaled``'s 16-channel band on the learning
+benchmark (ResNet-32, K=16, core budget, five paired seeds: 82.98% against
+82.78%, +0.20 points, three seeds of five ahead; pooled to twice the boundary's
+grid first they lost even that), at twice the peak memory and step time at
+32 px (docs/context.md). That is why ``scaled`` stays the default. At 224 px the
+paper's ``E`` encoder alone saves more for backward than the segment it serves,
+so each bridge here is chosen by what the paper's would save, per image:
 
 * **the paper's bridge** (``contsup.auxiliary.paper``, its init included) where
   it saves at most ``RICH_LIMIT`` values per image for backward (1 MiB in
   float32): every bridge of a network on 32 px images;
-* **``scaled``'s thin bridge** elsewhere: a 16-channel band, one patchify conv
-  for ``E``, a 1x1 conv on half the grid for ``Rn``. At 224 px every bridge
-  that reads the image is thin, and so the 224 px memory goals hold as before.
+* **``scaled``'s thin bridge** elsewhere: at 224 px every bridge that reads the
+  image, so the 224 px memory goals hold as with ``scaled``.
 
 Heads and decoders are ``scaled``'s: they were the better heads in every
 comparison (docs/context.md).
