@@ -6,11 +6,13 @@ then rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics
 A kill at any moment loses at most the epoch in progress, or with
 ``checkpoint_every`` the steps since the last step checkpoint; ``resume=True``
 continues from the last checkpoint with the same model, optimizer, schedule
-position, random state and metrics (mid-epoch: the epoch's data replayed up to
-the step), so the run ends as if never interrupted. SIGTERM or SIGUSR1 stops
+position, random state and metrics (mid-epoch: the epoch's order and augmentation
+drawn again up to the step, no image decoded), so the run ends as if never
+interrupted. SIGTERM or SIGUSR1 stops
 the run after its step with a checkpoint (``contsup.preemption``).
 The same loop runs one process or, under torchrun, one pipeline stage per rank
-(``contsup.distributed``); a checkpoint from either resumes in the other.
+(``contsup.distributed``), each rank decoding only its part of every batch; a
+checkpoint from either resumes in the other.
 
 The config lives in ``contsup.config``, model building in ``contsup.building``,
 checkpoints in ``contsup.checkpoint_manager``, the numbers in ``contsup.metrics``;
