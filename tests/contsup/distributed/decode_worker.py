@@ -5,7 +5,8 @@ WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the environment), from the repository
 ``python -m tests.contsup.distributed.decode_worker FOLDER RUN LOGS PIPELINE [MODE]``.
 Each rank appends the path of every image it decodes to LOGS/rank<R>.txt. MODE:
 ``run`` (the default), ``stop`` (killed after step 3, with a step checkpoint every
-2 steps; one process only) or ``resume``.
+2 steps; one process only), ``resume``, or ``decoder`` (a run with reconstruction
+decoders, whose target travels down the pipe too).
 """
 
 from __future__ import annotations
@@ -63,15 +64,14 @@ def counted_folder(logs: Path):
     register_dataset("counted", load, variant=variant, usage="counted:PATH")
 
 
-def main() -> None:
-    folder, run, logs, pipeline = sys.argv[1:5]
-    mode = sys.argv[5] if len(sys.argv) > 5 else "run"
-    Path(logs).mkdir(parents=True, exist_ok=True)
-    counted_folder(Path(logs))
-    config = TrainConfig(
+def run_config(folder: str, run: str, pipeline: int, mode: str) -> TrainConfig:
+    """The run MODE trains (``counted:FOLDER`` must be registered to train it)."""
+    return TrainConfig(
         model="decode_test_plain",
-        k=2,
-        context="R1E",  # the second stage's bridge reads the image: it travels too
+        # K=2: the second stage's R1E bridge reads the image, so it travels too. With
+        # decoders, K=4: the second stage starts with a unit that has one.
+        k=4 if mode == "decoder" else 2,
+        context="R1E",
         head="0c2f",
         dataset=f"counted:{folder}",
         batch_size=6,
@@ -81,12 +81,21 @@ def main() -> None:
         device="cpu",
         threads=1,
         workers=0,
-        pipeline=int(pipeline),
+        pipeline=pipeline,
         pipeline_balance="cost",
         tensorboard=False,
         checkpoint_every=2 if mode == "stop" else None,
+        decoder=[1.0, 1.0, 0.5, 1.0] if mode == "decoder" else None,
         out=run,
     )
+
+
+def main() -> None:
+    folder, run, logs, pipeline = sys.argv[1:5]
+    mode = sys.argv[5] if len(sys.argv) > 5 else "run"
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    counted_folder(Path(logs))
+    config = run_config(folder, run, int(pipeline), mode)
 
     def killed(step, *_):  # as a SIGKILL after step 3 would: the last checkpoint is step 2's
         if step == 3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,26 @@ def test_a_step_checkpoint_resumes_on_two_replicas_decoding_only_the_rest(
     assert sum(train.values()) == 2 + 14 and len(train) == 14
     assert sorted(train.values()) == [1] * 12 + [2] * 2
     assert_close(run, reference, 1e-5)
+
+
+def test_a_decoders_target_reaches_the_second_stage_bitwise(folder, tmp_path):
+    from contsup.building import build_learner
+    from contsup.data import imagefolder
+    from contsup.distributed import Needs, stage_bounds, unit_costs
+    from tests.contsup.distributed.decode_worker import SIZE, run_config
+
+    config = run_config(str(folder), "unused", 2, "decoder")
+    info, _ = imagefolder._folder("counted", str(folder))
+    learner = build_learner(config, replace(info, image_size=SIZE))
+    first_stage = range(0, stage_bounds(unit_costs(learner), 2)[1])
+    assert Needs.after(learner, first_stage).raw  # the decoders' target goes on the wire
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    alone = one_process(str(folder), str(one / "run"), str(one / "logs"), "1", "decoder")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    ranks(2, str(folder), str(two / "run"), str(two / "logs"), "2", "decoder", logs=two)
+    assert not (two / "logs" / "rank1.txt").exists()
+    assert without_timing(two / "run") == without_timing(one / "run")
+    mine, theirs = checkpoint_tensors(two / "run"), checkpoint_tensors(one / "run")
+    assert any("decoders" in n for n in mine)
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)
