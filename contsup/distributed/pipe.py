@@ -60,6 +60,9 @@ class Pipeline:
         result = pipe.evaluate(test_batches)   # .accuracy, .head_accuracies, ...
 
     With ``mesh=None`` it is the whole learner in one process (no communication).
+    ``data_part`` is the part of every batch this rank loads (``Batches.train_parts``)
+    for ``local_backward_part`` and ``evaluate_parts``; ``needs_after`` what the
+    stages after this one read of a batch, so what this one sends them.
     """
 
     def __init__(
