@@ -214,6 +214,16 @@ class LocalLearner(nn.Module):
         losses, _ = self.local_units(x, y, carry, 0, self.k, raw=raw, autocast=autocast)
         return LocalStep(carry.out, torch.stack(losses).tolist())
 
+    def raw_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The image in [0, 1] that normalised input ``x`` came from: the decoders' target
+        when none is given.
+
+        Example::
+
+            raw = learner.raw_of(x)        # (x * learner.std + learner.mean).clamp(0, 1)
+        """
+        return (x * self.std + self.mean).clamp(0, 1)
+
     def local_units(
         self,
         x: torch.Tensor,
@@ -234,9 +244,10 @@ class LocalLearner(nn.Module):
         its backward reaches the bridge too, never the segment before.
         """
         if self.decoders and raw is None:
-            raw = (x * self.std + self.mean).clamp(0, 1)
+            raw = self.raw_of(x)
+        # x is None on a pipeline stage none of whose units reads the image.
         cast = (
-            torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
+            torch.autocast(y.device.type, dtype=autocast) if autocast is not None else nullcontext()
         )
         losses, correct = [], []
         classify = self.local_loss == "ce"

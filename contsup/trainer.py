@@ -7,11 +7,13 @@ then rewrite ``metrics.jsonl`` and ``metrics.csv`` from the checkpoint's metrics
 A kill at any moment loses at most the epoch in progress, or with
 ``checkpoint_every`` the steps since the last step checkpoint; ``resume=True``
 continues from the last checkpoint with the same model, optimizer, schedule
-position, random state and metrics (mid-epoch: the epoch's data replayed up to
-the step), so the run ends as if never interrupted. SIGTERM or SIGUSR1 stops
+position, random state and metrics (mid-epoch: the epoch's order and augmentation
+drawn again up to the step, no image decoded), so the run ends as if never
+interrupted. SIGTERM or SIGUSR1 stops
 the run after its step with a checkpoint (``contsup.preemption``).
 The same loop runs one process or, under torchrun, one pipeline stage per rank
-(``contsup.distributed``); a checkpoint from either resumes in the other.
+(``contsup.distributed``), each rank decoding only its part of every batch; a
+checkpoint from either resumes in the other.
 
 The config lives in ``contsup.config``, model building in ``contsup.building``,
 checkpoints in ``contsup.checkpoint_manager``, the numbers in ``contsup.metrics``;
@@ -38,7 +40,7 @@ from contsup.building import (
 from contsup.checkpoint import rng_state, set_rng_state
 from contsup.checkpoint_manager import CheckpointManager
 from contsup.config import TrainConfig
-from contsup.data import Batches, steps_per_epoch
+from contsup.data import Batches, BatchPart, steps_per_epoch
 from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
 from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
@@ -218,7 +220,7 @@ def _epoch(
     train_seconds = time.perf_counter() - started
     means = totals.means(run.pipe)
     peak = run.pipe.all_reduce(torch.tensor([peak]), op="max").item()
-    test = run.pipe.evaluate(run.data.test(), run.autocast)
+    test = run.pipe.evaluate_parts(run.data.test_parts(run.pipe.data_part), run.autocast)
     return EpochRecord.of(
         epoch,
         means,
@@ -238,9 +240,9 @@ def _train_epoch(
     epoch, totals = position.epoch, position.totals
     batches = _batches_from(run, position)
     with PeakMemory(run.device, run.pipe.parameters()) as memory:
-        for step, (x, y, raw) in enumerate(batches, start=position.step + 1):
-            result = _step(run, epoch, step, x, y, raw)
-            totals.add(result, len(y))
+        for step, part in enumerate(batches, start=position.step + 1):
+            result = _step(run, epoch, step, part)
+            totals.add(result, part.total)
             position.step = step
             _checkpoint_if_due(run, records, position, memory.so_far())
             if on_step is not None and run.main:
@@ -251,19 +253,18 @@ def _train_epoch(
     return totals, run.lr_at(epoch * run.steps - 1), peak
 
 
-def _batches_from(run: _Run, position: PartialEpoch) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The epoch's batches after ``position.step``: the data generator is set to the
-    epoch's start, and the batches already trained are drawn and dropped (the model
-    does not run), so order and augmentation are the uninterrupted run's. Then the
-    random state the checkpoint recorded after its step is put back."""
+def _batches_from(run: _Run, position: PartialEpoch) -> Iterator[BatchPart]:
+    """This rank's part (``pipe.data_part``) of the epoch's batches after
+    ``position.step``: the data generator is set to the epoch's start, and the batches
+    already trained are drawn but not decoded, so order and augmentation are the
+    uninterrupted run's. Then the random state the checkpoint recorded after its step
+    is put back."""
     if not position.step:
-        return iter(run.data.train(run.generator))
+        return run.data.train_parts(run.generator, run.pipe.data_part)
     after = rng_state(run.generator)
     run.generator.set_state(position.data_rng)
-    batches = iter(run.data.train(run.generator))
-    for _ in range(position.step):
-        next(batches)
-    set_rng_state(after, run.generator)  # a loader without workers draws the global state
+    batches = run.data.train_parts(run.generator, run.pipe.data_part, skip=position.step)
+    set_rng_state(after, run.generator)
     return batches
 
 
@@ -302,19 +303,24 @@ def _preempted(run: _Run, epoch: int, step: int) -> Preempted:
     return Preempted(signal_name, epoch, step, str(run.config.out_dir()))
 
 
-def _step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, raw) -> StageStep:
-    """One optimizer step at the schedule's learning rate; its result."""
-    if run.config.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+def _step(run: _Run, epoch: int, step: int, part: BatchPart) -> StageStep:
+    """One optimizer step at the schedule's learning rate on this rank's ``part`` of the
+    batch; its result."""
+    if run.config.channels_last and part.x is not None:
+        part.x = part.x.contiguous(memory_format=torch.channels_last)
     done = (epoch - 1) * run.steps + step - 1
-    if run.mixer is not None:  # every local loss, not only the last, gets the soft targets
-        x, y = run.mixer(x, y, done)
-        raw = None  # the reconstruction target: the mixed image, as the learner computes it
+    if run.mixer is not None and part.x is not None:
+        # The rank that loads the images mixes them; every local loss, here and in later
+        # stages (the soft targets travel with the carry), gets the soft targets. Data
+        # parallel replicas mix within their slice, as each rank does in timm's training.
+        part.x, part.y = run.mixer(part.x, part.y, done)
+        if part.raw is not None:  # the decoders' target: the mixed image
+            part.raw = run.learner.raw_of(part.x)
     lr = run.lr_at(done)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
-    result = run.pipe.local_backward(x, y, raw=raw, autocast=run.autocast)
+    result = run.pipe.local_backward_part(part, run.autocast)
     for unit, value in zip(result.units, result.losses):
         if not math.isfinite(value):
             raise TrainingDiverged(

@@ -5,6 +5,8 @@ fashion_mnist) live on the device as uint8 tensors and are augmented there
 (reflect-pad random crop, flip, normalise), so no loader can starve the GPU.
 Larger ones (stl10, ``imagefolder:PATH``) stream through a DataLoader with
 workers and pinned memory. Nothing is downloaded without ``download=True``.
+Under ``torch.distributed`` each rank decodes only its ``Part`` of every batch
+(``Batches.train_parts``), so each image is decoded once across the world.
 
 Each dataset is a name in a registry (``registry.py``), loaded by its own module;
 ``register_dataset`` adds one::
@@ -20,6 +22,7 @@ from contsup.data.errors import DataError, UnknownDatasetError
 from contsup.data.idx import IDX_IMAGES, IDX_LABELS, read_idx
 from contsup.data.info import DatasetInfo, info_from_record, info_record
 from contsup.data.mnist import SYSTEM_FASHION_MNIST
+from contsup.data.parts import BatchPart, Part
 from contsup.data.registry import (
     DATASETS,
     DEFAULT_DATA_DIR,
@@ -36,12 +39,14 @@ __all__ = [
     "IDX_IMAGES",
     "IDX_LABELS",
     "SYSTEM_FASHION_MNIST",
+    "BatchPart",
     "Batches",
     "DataError",
     "DatasetInfo",
     "DeviceBatches",
     "LoadOptions",
     "LoaderBatches",
+    "Part",
     "UnknownDatasetError",
     "dataset_names",
     "info_from_record",

@@ -3,6 +3,9 @@
 ``DeviceBatches`` hold a whole uint8 dataset on the device and augment it there
 (reflect-pad random crop, flip, normalise), so no loader can starve the GPU;
 ``LoaderBatches`` stream a larger torchvision dataset through a DataLoader.
+Either gives whole batches (``train``, ``test``) or one rank's ``Part`` of each
+(``train_parts``, ``test_parts``): the same batches, of which the rank decodes
+and augments only its slice.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch.nn.functional as F
 
 from contsup.data.errors import DataError
 from contsup.data.info import DatasetInfo
+from contsup.data.parts import BatchPart, Part
+from contsup.data.seeded import SeededSamples
 
 __all__ = ["Batches", "DeviceBatches", "LoaderBatches", "steps_per_epoch"]
 
@@ -26,6 +31,7 @@ class Batches:
 
         data = load_dataset("digits", batch_size=64, device="cpu")
         for x, y, raw in data.train(generator): ...
+        for part in data.train_parts(generator, Part(index=1, count=2)): ...  # replica 1 of 2
     """
 
     def __init__(self, info: DatasetInfo, batch_size: int, device: torch.device):
@@ -37,9 +43,25 @@ class Batches:
     test_size: int
 
     def train(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
-        raise NotImplementedError
+        """One epoch's shuffled, augmented batches ``(x, y, raw)``."""
+        for part in self.train_parts(generator, Part()):
+            yield part.x, part.y, part.raw
 
     def test(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The test split's batches ``(x, y, raw)``, in order, not augmented."""
+        for part in self.test_parts(Part()):
+            yield part.x, part.y, part.raw
+
+    def train_parts(
+        self, generator: torch.Generator, part: Part, skip: int = 0
+    ) -> Iterator[BatchPart]:
+        """``part`` of each of one epoch's batches after the first ``skip``: the batches
+        ``train`` gives, whichever part a rank takes. The epoch's order, and the skipped
+        batches' random numbers, are drawn from ``generator`` when it is called."""
+        raise NotImplementedError
+
+    def test_parts(self, part: Part) -> Iterator[BatchPart]:
+        """``part`` of each test batch."""
         raise NotImplementedError
 
     def take(self, train: int | None, test: int | None) -> None:
@@ -52,6 +74,10 @@ class Batches:
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.mean) / self.std
+
+
+def _batch_starts(size: int, batch_size: int) -> range:
+    return range(0, size, batch_size)
 
 
 class DeviceBatches(Batches):
@@ -75,21 +101,42 @@ class DeviceBatches(Batches):
         self.test_images, self.test_labels = self.test_images[:test], self.test_labels[:test]
         self.train_size, self.test_size = len(self.train_labels), len(self.test_labels)
 
-    def train(self, generator: torch.Generator):
+    def train_parts(self, generator, part, skip=0):
         order = torch.randperm(self.train_size, generator=generator)
-        for start in range(0, self.train_size, self.batch_size):
-            index = order[start : start + self.batch_size].to(self.device)
+        starts = _batch_starts(self.train_size, self.batch_size)
+        for start in starts[:skip]:  # drawn now: the generator moves past the trained batches
+            self._draw(len(order[start : start + self.batch_size]), generator)
+        return self._train_parts(order, starts[skip:], generator, part)
+
+    def _train_parts(self, order, starts, generator, part):
+        for start in starts:
+            batch = order[start : start + self.batch_size]
+            offsets, flips = self._draw(len(batch), generator)  # the whole batch's, on every rank
+            mine = part.positions(len(batch))
+            if not (part.loads and len(mine)):
+                yield BatchPart.nothing(len(batch))
+                continue
+            cut = slice(mine.start, mine.stop)
+            index = batch[cut].to(self.device)
             raw = self.train_images[index].float().div_(255)
-            raw = self.augment(raw, generator)
-            yield self.normalise(raw), self.train_labels[index], raw
+            raw = self._augment(raw, offsets[:, cut], flips[cut])
+            yield BatchPart(self.normalise(raw), self.train_labels[index], raw, len(batch))
 
     def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Reflect-pad random crop and optional horizontal flip, per image, on the device."""
+        return self._augment(images, *self._draw(len(images), generator))
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of ``n`` images' crop offsets (2 x n) and whether it is flipped."""
+        pad = self.info.pad
+        # Drawn on the CPU generator, so runs and resumed runs see the same numbers.
+        offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+        return offsets, torch.rand(n, generator=generator) < 0.5
+
+    def _augment(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor):
         n, _, h, w = images.shape
         pad = self.info.pad
-        # Draw on the CPU generator, so runs and resumed runs see the same numbers.
-        offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(self.device)
-        flips = torch.rand(n, generator=generator).to(self.device) < 0.5
+        offsets, flips = offsets.to(self.device), flips.to(self.device)
         if pad:
             padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
             rows = offsets[0][:, None] + torch.arange(h, device=self.device)
@@ -101,10 +148,16 @@ class DeviceBatches(Batches):
             images = torch.where(flips[:, None, None, None], images.flip(3), images)
         return images.contiguous()
 
-    def test(self):
-        for start in range(0, self.test_size, self.batch_size):
-            raw = self.test_images[start : start + self.batch_size].float().div_(255)
-            yield self.normalise(raw), self.test_labels[start : start + self.batch_size], raw
+    def test_parts(self, part):
+        for start in _batch_starts(self.test_size, self.batch_size):
+            total = min(self.batch_size, self.test_size - start)
+            mine = part.positions(total)
+            if not (part.loads and len(mine)):
+                yield BatchPart.nothing(total)
+                continue
+            rows = slice(start + mine.start, start + mine.stop)
+            raw = self.test_images[rows].float().div_(255)
+            yield BatchPart(self.normalise(raw), self.test_labels[rows], raw, total)
 
 
 class LoaderBatches(Batches):
@@ -115,27 +168,47 @@ class LoaderBatches(Batches):
         self.train_set, self.test_set, self.workers = train_set, test_set, workers
         self.train_size, self.test_size = len(train_set), len(test_set)
 
-    def _loader(self, dataset, generator=None):
+    def train_parts(self, generator, part, skip=0):
+        order = torch.randperm(self.train_size, generator=generator)
+        # One seed per sample: its augmentation is the same whichever rank or worker decodes it.
+        seeds = torch.randint(0, 2**62, (self.train_size,), generator=generator)
+        return self._parts(SeededSamples(self.train_set, order, seeds), part, skip)
+
+    def test_parts(self, part):
+        return self._parts(SeededSamples(self.test_set), part, 0)
+
+    def _parts(self, samples: SeededSamples, part: Part, skip: int) -> Iterator[BatchPart]:
+        """``part`` of each batch of ``samples`` after the first ``skip``: one DataLoader
+        decodes this rank's slices, and nothing else."""
+        starts = _batch_starts(len(samples), self.batch_size)[skip:]
+        totals = [min(self.batch_size, len(samples) - start) for start in starts]
+        slices = [
+            [start + i for i in part.positions(total)] if part.loads else []
+            for start, total in zip(starts, totals)
+        ]
+        loaded = [positions for positions in slices if positions]
+        batches = iter(self._loader(samples, loaded)) if loaded else iter(())
+        for total, positions in zip(totals, slices):
+            if not positions:
+                yield BatchPart.nothing(total)
+                continue
+            raw, labels = next(batches)
+            raw = raw.to(self.device, non_blocking=True)
+            yield BatchPart(
+                self.normalise(raw), labels.to(self.device, non_blocking=True), raw, total
+            )
+
+    def _loader(self, samples: SeededSamples, batches: list[list[int]]):
         return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=generator is not None,
-            generator=generator,
+            samples,
+            batch_sampler=batches,
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # Its own generator (the workers' seeds, unused: samples are seeded), so
+            # neither the run's generator nor the global random state moves.
+            generator=torch.Generator().manual_seed(0),
         )
-
-    def _batches(self, loader):
-        for raw, labels in loader:
-            raw = raw.to(self.device, non_blocking=True)
-            yield self.normalise(raw), labels.to(self.device, non_blocking=True), raw
-
-    def train(self, generator):
-        return self._batches(self._loader(self.train_set, generator))
-
-    def test(self):
-        return self._batches(self._loader(self.test_set))
 
 
 def steps_per_epoch(data: Batches) -> int:

@@ -1,16 +1,24 @@
 """A rank's ``Pipeline``: its ``Stage`` of units, composed with the wire to its
-neighbours and the replicas of its stage, as the ``Layout`` places it."""
+neighbours and the replicas of its stage, as the ``Layout`` places it.
+
+It takes whole batches on every rank (``local_backward``, ``evaluate``), or only
+the part of each batch its rank loads (``local_backward_part``, ``evaluate_parts``,
+with ``data.train_parts(generator, pipe.data_part)``): then each image is decoded
+once in the world, and later stages get labels and images from the stage before.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from contsup.data.parts import BatchPart
+from contsup.distributed.feed import Needs, data_part
 from contsup.distributed.layout import Layout, stage_costs
 from contsup.distributed.replica import replicas, world
 from contsup.distributed.stage import Stage
@@ -52,6 +60,9 @@ class Pipeline:
         result = pipe.evaluate(test_batches)   # .accuracy, .head_accuracies, ...
 
     With ``mesh=None`` it is the whole learner in one process (no communication).
+    ``data_part`` is the part of every batch this rank loads (``Batches.train_parts``)
+    for ``local_backward_part`` and ``evaluate_parts``; ``needs_after`` what the
+    stages after this one read of a batch, so what this one sends them.
     """
 
     def __init__(
@@ -76,6 +87,8 @@ class Pipeline:
         self.clock = Clock()
         self.inbox = inbox(self.layout, learner.context, self.device, self.clock)
         self.outbox = outbox(self.layout, learner.context, self.device, self.clock)
+        self.data_part = data_part(self.layout)  # what this rank loads of every batch
+        self.needs_after = Needs.after(learner, self.layout.units)  # what later stages read
         self.computing = 0.0  # seconds in this stage's units
 
     # -- where this stage sits ----------------------------------------------------
@@ -141,23 +154,36 @@ class Pipeline:
             step = pipe.local_backward(x, y)     # x, y: the whole batch, on every rank
             optimizer.step()
         """
-        total, units = len(y), self.units
-        x, y, raw = self.shard(x, y, raw)
+        return self.local_backward_part(self._part_of(x, y, raw), autocast)
+
+    def local_backward_part(
+        self, part: BatchPart, autocast: torch.dtype | None = None
+    ) -> StageStep:
+        """``local_backward`` on the part of a batch this rank loads (``data_part``):
+        the first stage's slice; later stages get theirs from the stage before.
+
+        Example::
+
+            for part in data.train_parts(generator, pipe.data_part):
+                step = pipe.local_backward_part(part)
+                optimizer.step()
+        """
+        units, size = self.units, self.data_part.size(part.total)
         self.data_parallel.broadcast_buffers(self.owned.buffers())
         losses, correct, logits = [0.0] * len(units), [0] * len(units), None
-        if len(y):  # a replica whose slice of a small last batch is empty sits it out
-            carry = self.inbox.receive()
+        if size:  # a replica whose slice of a small last batch is empty sits it out
+            carry, part = self.inbox.receive(part)
             started = time.perf_counter()
             unit_losses, unit_correct = self.learner.local_units(
-                x, y, carry, units.start, units.stop, raw=raw, autocast=autocast
+                part.x, part.y, carry, units.start, units.stop, raw=part.raw, autocast=autocast
             )
             losses = torch.stack(unit_losses).tolist()
             correct = torch.stack(unit_correct).tolist()
             self.computing += time.perf_counter() - started
-            self.outbox.send(carry)
+            self.outbox.send(carry, self.needs_after.sent(part, self.learner))
             logits = carry.out if self.last else None
-        self.data_parallel.average_gradients(self.parameters(), len(y) / total)
-        return StageStep(units, losses, correct, len(y), logits)
+        self.data_parallel.average_gradients(self.parameters(), size / part.total)
+        return StageStep(units, losses, correct, size, logits)
 
     def evaluate(
         self, batches: Iterable[tuple[torch.Tensor, ...]], autocast: torch.dtype | None = None
@@ -169,29 +195,50 @@ class Pipeline:
             result = pipe.evaluate(data.test())
             result.accuracy, result.head_accuracies
         """
+        return self.evaluate_parts((self._part_of(x, y) for x, y, *_ in batches), autocast)
+
+    def evaluate_parts(
+        self, parts: Iterable[BatchPart], autocast: torch.dtype | None = None
+    ) -> Evaluation:
+        """``evaluate`` on the part of each batch this rank loads (``data_part``).
+
+        Example::
+
+            result = pipe.evaluate_parts(data.test_parts(pipe.data_part))
+        """
         learner = self.learner
         with_heads = learner.local_loss == "ce"
+        needs_after = replace(self.needs_after, raw=False)  # no decoder runs in evaluation
         totals = UnitTotals.zeros(learner.k)
         learner.eval()
         self.data_parallel.broadcast_buffers(self.owned.buffers())
         with torch.no_grad():
-            for x, y, *_ in batches:
-                totals.images += len(y)  # the whole batch: every rank counts every image
-                x, y = self.shard(x, y)
-                if not len(y):
+            for part in parts:
+                totals.images += part.total  # the whole batch: every rank counts every image
+                if not self.data_part.size(part.total):
                     continue
-                carry = self.inbox.receive()
+                carry, part = self.inbox.receive(part)
+                x, y = part.x, part.y
                 on_boundary = _head_scorer(learner, totals, y) if with_heads else None
-                with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+                with torch.autocast(y.device.type, dtype=autocast, enabled=autocast is not None):
                     out = learner.network.run(
                         x, carry, self.units.start, self.units.stop, on_boundary
                     )
                 if self.last:
                     totals.score(learner.k - 1, out, y)
-                self.outbox.send(carry)
+                self.outbox.send(carry, needs_after.sent(part, learner))
         self.flush()
         learner.train()
         return Evaluation.of(totals.means(self), learner.k - 1 if with_heads else 0)
+
+    def _part_of(
+        self, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor | None = None
+    ) -> BatchPart:
+        """This replica's slice of a whole batch (later stages still take theirs from
+        the stage before, as with loaded parts)."""
+        total = len(y)
+        x, y, raw = self.shard(x, y, raw)
+        return BatchPart(x, y, raw, total)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``tensor``'s sum (or ``op="max"``) over all ranks, in place (a no-op in one

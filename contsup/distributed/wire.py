@@ -1,8 +1,11 @@
 """The carry between stages, point to point: segment ``b-1``'s output and the window
-of earlier boundary inputs that ``Rn`` bridges further down read.
+of earlier boundary inputs that ``Rn`` bridges further down read, with the part of
+the batch later stages read (the labels, and the images where a later unit reads
+them: ``contsup.distributed.feed``).
 
 A message is a fixed-size int64 header (how many tensors, and each one's dtype
-and shape), then the tensors. Sends are asynchronous, at most one step in
+and shape, or -1 dimensions for one that is absent), then the tensors: labels,
+image, un-normalised image, segment output, window. Sends are asynchronous, at most one step in
 flight. The first stage's inbox and the last stage's outbox talk to nobody: a
 stage reads its carry from its inbox and writes it to its outbox wherever it
 sits, and one process is a stage that is both first and last.
@@ -17,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from contsup.context import ContextMode
+from contsup.data.parts import BatchPart
 from contsup.distributed.errors import DistributedError, lost
 from contsup.distributed.layout import Layout
 from contsup.network import Carry
@@ -24,8 +28,9 @@ from contsup.network import Carry
 __all__ = ["Clock", "End", "Inbox", "Outbox", "Start", "inbox", "outbox"]
 
 # dtypes a boundary tensor may have, by the code its header sends.
-_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64]
 _MAX_DIMS = 6
+_BATCH = 3  # the batch's tensors first: labels, image, un-normalised image
 
 
 @dataclass
@@ -36,7 +41,7 @@ class Clock:
 
 
 def _header_size(mode: ContextMode) -> int:
-    return 1 + (mode.recent + 1) * (2 + _MAX_DIMS)
+    return 1 + (_BATCH + mode.recent + 1) * (2 + _MAX_DIMS)
 
 
 class Inbox:
@@ -44,25 +49,32 @@ class Inbox:
 
     Example::
 
-        carry = inbox.receive()        # carry.out and the window; earlier inputs are None
+        carry, part = inbox.receive(part)  # carry.out and the window; part.y and the images
     """
 
     def __init__(self, peer: int, mode: ContextMode, unit: int, device: torch.device, clock: Clock):
         self.peer, self.mode, self.unit, self.device, self.clock = peer, mode, unit, device, clock
 
-    def receive(self) -> Carry:
-        """The carry unit ``unit`` (this stage's first) reads, as the stage before sent it."""
+    def receive(self, part: BatchPart) -> tuple[Carry, BatchPart]:
+        """The carry unit ``unit`` (this stage's first) reads, and the labels and images
+        of this replica's slice of the batch (``part``: the batch's size), as the stage
+        before sent them."""
         header = torch.empty(_header_size(self.mode), dtype=torch.int64, device=self.device)
         self._recv(header)
         header = header.cpu()
         received = []
         for i in range(int(header[0])):
             row = 1 + i * (2 + _MAX_DIMS)
-            shape = header[row + 2 : row + 2 + int(header[row + 1])].tolist()
+            dims = int(header[row + 1])
+            if dims < 0:
+                received.append(None)
+                continue
+            shape = header[row + 2 : row + 2 + dims].tolist()
             tensor = torch.empty(shape, dtype=_DTYPES[int(header[row])], device=self.device)
             self._recv(tensor)
             received.append(tensor)
-        return Carry.resumed(self.mode, received[0], received[1:], self.unit)
+        y, x, raw, out, *window = received
+        return Carry.resumed(self.mode, out, window, self.unit), BatchPart(x, y, raw, part.total)
 
     def _recv(self, tensor: torch.Tensor) -> None:
         started = time.perf_counter()
@@ -78,7 +90,7 @@ class Outbox:
 
     Example::
 
-        outbox.send(carry)             # returns at once; the next send waits for this one
+        outbox.send(carry, part)       # returns at once; the next send waits for this one
         outbox.flush()                 # before the stage reads what it sent, or ends
     """
 
@@ -86,20 +98,25 @@ class Outbox:
         self.peer, self.mode, self.device, self.clock = peer, mode, device, clock
         self._sending: list = []  # works and tensors of the last send, kept alive until done
 
-    def send(self, carry: Carry) -> None:
-        """Send ``carry.out`` and ``carry.window()``, after the previous send completes."""
+    def send(self, carry: Carry, part: BatchPart) -> None:
+        """Send ``part``'s labels and images (those not None) with ``carry.out`` and
+        ``carry.window()``, after the previous send completes."""
         self.flush()  # at most one step in flight: memory stays bounded
-        tensors = [carry.out, *carry.window()]
+        tensors = [part.y, part.x, part.raw, carry.out, *carry.window()]
         header = torch.zeros(_header_size(self.mode), dtype=torch.int64)
         header[0] = len(tensors)
         for i, t in enumerate(tensors):
+            row = 1 + i * (2 + _MAX_DIMS)
+            if t is None:
+                header[row + 1] = -1
+                continue
             if t.dtype not in _DTYPES or t.dim() > _MAX_DIMS:
                 raise DistributedError(f"cannot send a boundary tensor of {t.dtype}, {t.dim()}-d")
-            row = 1 + i * (2 + _MAX_DIMS)
             header[row] = _DTYPES.index(t.dtype)
             header[row + 1] = t.dim()
             header[row + 2 : row + 2 + t.dim()] = torch.tensor(t.shape)
-        payload = [header.to(self.device), *(t.detach().contiguous() for t in tensors)]
+        sent = (t.detach().contiguous() for t in tensors if t is not None)
+        payload = [header.to(self.device), *sent]
         try:
             self._sending = [(dist.isend(t, dst=self.peer), t) for t in payload]
         except RuntimeError as error:
@@ -123,14 +140,14 @@ class Start:
     def __init__(self, mode: ContextMode):
         self.mode = mode
 
-    def receive(self) -> Carry:
-        return Carry(self.mode)
+    def receive(self, part: BatchPart) -> tuple[Carry, BatchPart]:
+        return Carry(self.mode), part
 
 
 class End:
     """The last stage's outbox: its carry ends here (its output is the model's logits)."""
 
-    def send(self, carry: Carry) -> None:
+    def send(self, carry: Carry, part: BatchPart) -> None:
         pass
 
     def flush(self) -> None:
@@ -142,7 +159,7 @@ def inbox(layout: Layout, mode: ContextMode, device: torch.device, clock: Clock)
 
     Example::
 
-        carry = inbox(layout, learner.context, device, clock).receive()
+        carry, part = inbox(layout, learner.context, device, clock).receive(part)
     """
     if layout.previous is None:
         return Start(mode)
@@ -154,6 +171,6 @@ def outbox(layout: Layout, mode: ContextMode, device: torch.device, clock: Clock
 
     Example::
 
-        outbox(layout, learner.context, device, clock).send(carry)
+        outbox(layout, learner.context, device, clock).send(carry, part)
     """
     return End() if layout.next is None else Outbox(layout.next, mode, device, clock)
