@@ -118,7 +118,7 @@ class LocalLearner(nn.Module):
 
     @property
     def aux(self) -> str:
-        """The aux design's name: ``scaled`` or ``paper``."""
+        """The aux design's name: ``scaled``, ``sized``, ``paper`` or a registered one."""
         return self.aux_config.design
 
     @property
