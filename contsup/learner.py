@@ -30,6 +30,7 @@ from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.network import Carry, ContextNetwork, Unit
+from contsup.oom import StepOutOfMemory
 
 __all__ = [
     "Carry",
@@ -226,23 +227,33 @@ class LocalLearner(nn.Module):
         losses, correct = [], []
         classify = self.local_loss == "ce"
         for j in range(start, stop):
-            unit = self.unit(j)
-            with cast:
-                # Everything the unit reads is detached: its bridge learns from its loss only.
-                out = unit(x, carry, detach=True)
-                last = j == self.k - 1
-                scores = out if last else unit.head(out)
-                if last:
-                    loss = F.cross_entropy(out.float(), y)
-                else:
-                    loss = self.local_loss_of(j, out, y, raw, scores)
-            if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
-                loss.backward()
+            try:
+                loss, scores, out = self._run_unit(j, x, y, carry, raw, cast)
+            except torch.OutOfMemoryError as error:
+                # One sentence at the command line, naming the segment, not a traceback.
+                raise StepOutOfMemory(j) from error
+            last = j == self.k - 1
             losses.append(loss.detach())
             hits = (scores.detach().argmax(1) == y).sum() if last or classify else y.new_zeros(())
             correct.append(hits)
             carry.out = out.detach()
         return losses, correct
+
+    def _run_unit(self, j: int, x, y, carry: Carry, raw, cast):
+        """Unit ``j``'s forward and local backward: its loss, scores and output."""
+        unit = self.unit(j)
+        with cast:
+            # Everything the unit reads is detached: its bridge learns from its loss only.
+            out = unit(x, carry, detach=True)
+            last = j == self.k - 1
+            scores = out if last else unit.head(out)
+            if last:
+                loss = F.cross_entropy(out.float(), y)
+            else:
+                loss = self.local_loss_of(j, out, y, raw, scores)
+        if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
+            loss.backward()
+        return loss, scores, out
 
 
 def _default_input(model: nn.Module) -> torch.Tensor:

@@ -42,6 +42,7 @@ from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
 from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
 from contsup.metrics import EpochRecord, UnitTotals, write_metrics
+from contsup.oom import StepOutOfMemory
 from contsup.preemption import PartialEpoch, Preempted, StopSignals, check_checkpoint_every
 from contsup.schedule import schedule, warmup_epochs
 from contsup.tensorboard import log_epoch, open_writer
@@ -290,7 +291,10 @@ def _step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ra
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
-    result = run.pipe.local_backward(x, y, raw=raw, autocast=run.autocast)
+    try:
+        result = run.pipe.local_backward(x, y, raw=raw, autocast=run.autocast)
+    except StepOutOfMemory as error:
+        raise error.at(f"at epoch {epoch}, step {step}") from error.__cause__
     for unit, value in zip(result.units, result.losses):
         if not math.isfinite(value):
             raise TrainingDiverged(
