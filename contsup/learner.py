@@ -324,6 +324,7 @@ def wrap(
     objective: str = "flops",
     example_input: torch.Tensor | None = None,
     num_classes: int | None = None,
+    analysis: partitioner.Analysis | None = None,
 ) -> LocalLearner:
     """Cut ``model`` into ``k`` segments and add local heads and context bridges.
 
@@ -352,6 +353,8 @@ def wrap(
             your data's shape when it differs (``torch.zeros(2, 3, 64, 64)``): heads and
             bridges are sized for it, and other shapes are refused.
         num_classes: defaults to ``model.num_classes``.
+        analysis: ``partitioner.analyze(model, example_input)``, reused instead of
+            tracing the model again (a planner tries many K on one model).
 
     The learner shares parameters with ``model``.
     """
@@ -370,11 +373,15 @@ def wrap(
     k, cuts = _segments(k, cuts, x)
     boundaries = k - 1 if isinstance(k, int) else 0
     weights = _loss_weights(decoder, max(boundaries, 0))
+    if analysis is None:
+        partitioner.check_objective(objective)
+        timed = cuts is None and objective == "time"
+        analysis = partitioner.analyze(model, x, measure_time=timed)
     if cuts is None:
         hook = balance_hook(model, x, objective, config)
-        part = partitioner.partition(model, x, k, objective, extra_cost=hook)
+        part = analysis.partition(k, objective, extra_cost=hook)
     else:
-        part = partitioner.analyze(model, x).split_at(cuts, objective)
+        part = analysis.split_at(cuts, objective)
     for b in part.boundaries:
         if len(b.tensors) != 1:
             raise ConfigError("context supply needs single-tensor boundaries")

@@ -22,6 +22,7 @@ import copy
 import re
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -55,7 +56,13 @@ _MAX_BATCH = 1 << 20  # no search for a batch beyond this
 
 
 class BudgetTooSmallError(ContsupError):
-    """No number of segments fits the model's training step into the budget."""
+    """No number of segments fits the model's training step into the budget;
+    ``least_bytes``: the least any K tried needs (None below the floor, where none is tried).
+    """
+
+    def __init__(self, message: str, least_bytes: int | None = None):
+        super().__init__(message)
+        self.least_bytes = least_bytes
 
 
 def parse_memory(text: str | int) -> int:
@@ -159,10 +166,13 @@ class MemoryPlan:
 
 
 def uncalibrated(device: str, amp: str | None) -> list[str]:
-    """The parts of a prediction no measurement on this project's CPU checks."""
-    notes = ["the largest transient (a gradient the size of the largest tensor)"]
+    """The parts of a prediction no measurement on this project's CPU machine checks."""
+    notes = []
     if device == "cuda":
-        notes.append(f"the CUDA caching allocator's margin ({CUDA_MARGIN:.0%})")
+        notes.append(
+            f"the CUDA caching allocator's margin ({CUDA_MARGIN:.0%}) and any GPU peak "
+            "(only CPU peaks were measured)"
+        )
     if amp is not None:
         notes.append("bf16 autocast (activations halved, plus bf16 weight copies)")
     return notes
@@ -180,6 +190,11 @@ class _Planner:
     device: str
     cache: dict[int, tuple[LocalLearner, StepPeak] | None] = field(default_factory=dict)
 
+    @cached_property
+    def analysis(self) -> partitioner.Analysis:
+        """The model traced once at this batch: every K is cut from it."""
+        return partitioner.analyze(self.net, self.x)
+
     def predict(self, learner: LocalLearner, x: torch.Tensor) -> StepPeak:
         y = torch.zeros(x.shape[0], dtype=torch.long, device="meta")
         return predict_step(
@@ -193,7 +208,12 @@ class _Planner:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", partitioner.PartitionWarning)
                     learner = wrap(
-                        self.net, k, objective="memory", example_input=self.x, **self.options
+                        self.net,
+                        k,
+                        objective="memory",
+                        example_input=self.x,
+                        analysis=self.analysis,
+                        **self.options,
                     )
                 self.cache[k] = (learner, self.predict(learner, self.x))
             except (ContsupError, partitioner.PartitionError):
@@ -244,6 +264,7 @@ def plan(
     """
     budget = parse_memory(memory)
     check_optimizer(optimizer)
+    _check_aux_options(context, aux, head)
     if amp not in (None, "bf16"):
         raise ConfigError(f"amp takes bf16, got {amp!r}")
     if device not in ("cpu", "cuda"):
@@ -255,7 +276,7 @@ def plan(
     x = torch.empty((batch_size, *size), device="meta")
     options = dict(context=context, aux=aux, head=head)
     planner = _Planner(net, x, options, optimizer, amp, device)
-    analysis = partitioner.analyze(net, x)
+    analysis = planner.analysis
     floor, piece = _floor(analysis, net, optimizer, device)
     where = f"{name} at batch {batch_size}"
     if budget < floor:
@@ -265,7 +286,10 @@ def plan(
         )
     k = _smallest_k(planner, budget, analysis.max_k, where, floor)
     learner, peak = planner.at(k)
-    e2e = planner.at(1)
+    e2e = planner.at(1)[1] if planner.at(1) is not None else peak
+    checkpoint = predict_checkpoint(
+        learner.partition, x, optimizer=optimizer, device=device, transient=e2e.transient
+    )
     cuts = [b.tensors[0].node for b in learner.partition.boundaries]
     return MemoryPlan(
         model=name,
@@ -281,13 +305,25 @@ def plan(
         k=k,
         cuts=cuts,
         peak=peak,
-        end_to_end=e2e[1] if e2e is not None else peak,
-        checkpoint=predict_checkpoint(learner.partition, x, optimizer=optimizer, device=device),
+        end_to_end=e2e,
+        checkpoint=checkpoint,
         max_batch_size=_largest_batch(planner, learner, peak, budget),
         floor_bytes=floor,
         floor_piece=piece,
         partition=learner.partition,
     )
+
+
+def _check_aux_options(context: str, aux: str, head: str) -> None:
+    """Raise ``ConfigError`` for a bad context, design or head before any K is tried
+    (where it would read as a K that cannot be cut)."""
+    from contsup.auxiliary import get_design
+    from contsup.context import parse_context
+    from contsup.heads import parse_head
+
+    parse_context(context)
+    get_design(aux)
+    parse_head(head)
 
 
 def _meta_model(
@@ -346,7 +382,8 @@ def _smallest_k(planner: _Planner, budget: int, max_k: int, where: str, floor: i
             raise BudgetTooSmallError(
                 f"no K fits {where} into {format_bytes(budget)}: the least any K tried needs "
                 f"is {format_bytes(tried[best])}, at K={best} (heads and bridges on top of the "
-                f"floor of {format_bytes(floor)}); lower the batch size or raise the memory"
+                f"floor of {format_bytes(floor)}); lower the batch size or raise the memory",
+                least_bytes=tried[best],
             )
         low, high = high, min(2 * high, max_k)
     while high - low > 1:

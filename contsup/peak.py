@@ -10,8 +10,8 @@ ends its forward pass (backward only frees from there):
   under ``amp`` half of it (bf16 activations) plus the bf16 copies autocast
   makes of the unit's weights;
 * ``kept``: boundary inputs later bridges read that the unit itself does not save;
-* ``transient``: the largest tensor a unit makes, whose gradient lives beside
-  the saved tensors during backward;
+* ``transient``: twice the largest tensor the unit makes: during backward an op
+  holds the gradient flowing in beside the one it computes, each up to that size;
 * ``margin``: on CUDA, room for the caching allocator's rounding and
   fragmentation (``CUDA_MARGIN`` of the rest).
 
@@ -144,8 +144,8 @@ def predict_step(
             weights = _nbytes(p for m in unit.modules() for p in m.parameters())
             saved = saved // 2 + weights // 2
         kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
-        if saved + kept + largest.largest > best.saved + best.kept + best.transient:
-            best = StepPeak(static, saved, kept, largest.largest, unit=k)
+        if saved + kept + 2 * largest.largest > best.saved + best.kept + best.transient:
+            best = StepPeak(static, saved, kept, 2 * largest.largest, unit=k)
         del loss
         carry.out = out.detach()
     margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
@@ -153,7 +153,12 @@ def predict_step(
 
 
 def predict_checkpoint(
-    part: partitioner.Partition, x: torch.Tensor, *, optimizer: str = "sgd", device: str = "cpu"
+    part: partitioner.Partition,
+    x: torch.Tensor,
+    *,
+    optimizer: str = "sgd",
+    device: str = "cpu",
+    transient: int = 0,
 ) -> StepPeak:
     """The peak of gradient checkpointing at ``part``'s segments: backward recomputes
     segment k while the inputs of segments 0..k-1 are still kept.
@@ -161,6 +166,8 @@ def predict_checkpoint(
     Example::
 
         predict_checkpoint(learner.partition, torch.empty(32, 3, 224, 224, device="meta")).total
+
+    ``transient``: what to add for gradients in flight (``predict_step``'s, end-to-end).
     """
     inputs = [_nbytes([x])] + [
         _nbytes([torch.empty(b.shape, device="meta")]) for b in part.boundaries
@@ -168,5 +175,5 @@ def predict_checkpoint(
     steps = [sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats)]
     unit = max(range(len(steps)), key=steps.__getitem__)
     static = training_state_bytes(list(part.parameters()), optimizer)
-    margin = int(CUDA_MARGIN * (static + steps[unit])) if device == "cuda" else 0
-    return StepPeak(static, steps[unit], margin=margin, unit=unit)
+    margin = int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
+    return StepPeak(static, steps[unit], transient=transient, margin=margin, unit=unit)

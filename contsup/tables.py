@@ -176,6 +176,7 @@ def print_memory_plan(console: Console, plan: MemoryPlan) -> None:
         table.add_row(name, str(k), format_bytes(peak.total), fits)
     console.print(table)
     p = plan.peak
+    notes = plan.to_dict()["uncalibrated"]
     console.print(
         f"K={plan.k}, cut after {', '.join(plan.cuts) or 'nothing'}; optimizer "
         f"{plan.optimizer}" + (f", autocast {plan.amp}" if plan.amp else "") + "\n"
@@ -185,8 +186,8 @@ def print_memory_plan(console: Console, plan: MemoryPlan) -> None:
         + (f" + {format_bytes(p.margin)} allocator margin" if p.margin else "")
         + f" (segment {p.unit})\n"
         f"largest batch at these cuts: {plan.max_batch_size}; least memory at any K "
-        f"(the floor): {format_bytes(plan.floor_bytes)}\n"
-        f"not calibrated by a measurement: {'; '.join(plan.to_dict()['uncalibrated'])}",
+        f"(the floor): {format_bytes(plan.floor_bytes)}"
+        + (f"\nnot calibrated by a measurement: {'; '.join(notes)}" if notes else ""),
         highlight=False,
         soft_wrap=True,
     )

@@ -28,7 +28,7 @@ def test_plan_json_has_the_k_the_alternatives_the_largest_batch_and_the_floor():
     assert data["checkpoint"]["total"] > 0 and data["context"] == "R1E"
     assert data["max_batch_size"] >= 32
     assert data["floor_bytes"] < data["peak"]["total"]
-    assert data["uncalibrated"]
+    assert data["uncalibrated"] == []  # planned for the CPU: nothing left unmeasured
 
 
 def test_plan_table_names_the_choice_and_the_alternatives():
@@ -43,6 +43,12 @@ def test_a_budget_below_the_floor_exits_2_with_one_sentence():
     assert result.exit_code == 2
     assert "below the floor of" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "cannot be cut" in result.output
+
+
+def test_a_bad_context_is_named_not_taken_for_a_budget_too_small():
+    result = run("plan", "resnet20", "--memory", "1GiB", "--batch-size", "32", "--context", "X")
+    assert result.exit_code == 2 and "no K fits" not in result.output
+    assert "X" in result.output
 
 
 def test_a_saved_plan_trains_with_train_plan(tmp_path):
