@@ -182,13 +182,16 @@ def markdown(results: list[dict], stamp: str) -> str:
     ]
     counts = {"planned": 0, "fits": 0, "minimal": 0, "minimal_bench": 0}
     for result in results:
+        seen = set()
         for row in result["rows"]:
             fits, minimal = _verdicts(row, "process")
             minimal_bench = _verdicts(row, "bench")[1]
-            counts["planned"] += 1
-            counts["fits"] += fits
-            counts["minimal"] += minimal
-            counts["minimal_bench"] += minimal_bench
+            if row["budget_bytes"] not in seen:  # budgets that met at the floor count once
+                seen.add(row["budget_bytes"])
+                counts["planned"] += 1
+                counts["fits"] += fits
+                counts["minimal"] += minimal
+                counts["minimal_bench"] += minimal_bench
             fewer = row["fewer_measured"] or {}
             budget = f"{row['fraction']:.0%}" + (
                 f" ({row['budget']})" if row["budget"] != "fraction" else ""
@@ -204,7 +207,8 @@ def markdown(results: list[dict], stamp: str) -> str:
             )
     lines += [
         "",
-        f"Planned {counts['planned']} budgets. The process's measured peak fits the budget in "
+        f"Planned {counts['planned']} distinct budgets (rows with the same budget are one "
+        f"plan and one measurement). The process's measured peak fits the budget in "
         f"{counts['fits']}; the plan is minimal (K-1 measured over the budget) in "
         f"{counts['minimal']} by the process's peak, {counts['minimal_bench']} by bench's. "
         "MiB throughout; K-1 is cut by memory with its heads and bridges, as the planner "
