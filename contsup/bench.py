@@ -267,15 +267,16 @@ class _Bench:
             return measure(step, list(params), optimizer, self.device, batch, steps=self.steps)
         except torch.OutOfMemoryError as error:
             raise StepOutOfMemory(None, where, predicted) from error
-        except StepOutOfMemory as error:
-            raise error.at(where, predicted) from error.__cause__
+        except StepOutOfMemory as error:  # local_backward named the segment
+            raise error.at(where.removeprefix("a step "), predicted) from error.__cause__
 
     def e2e(self, predicted_activation: int) -> BenchRow:
         model = self.make_model().to(self.device)
         optimizer = _sgd(model.parameters())
         step = partial(_e2e_step, model, optimizer, self.x, self.y)
         predicted = predicted_activation + _predicted_static(list(model.parameters()))
-        measured = self._measure(step, model.parameters(), optimizer, "of end-to-end", predicted)
+        where = "a step of end-to-end"
+        measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("e2e", 1, None, measured, len(self.x), predicted)
 
     def checkpointed(self, k: int, objective: str) -> BenchRow:
@@ -284,7 +285,7 @@ class _Bench:
         optimizer = _sgd(model.parameters())
         step = partial(_checkpoint_step, part, optimizer, self.x, self.y)
         predicted = predict_checkpoint(part, self.x).total
-        where = f"of checkpointing at K={k}"
+        where = f"a step of checkpointing at K={k}"
         measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("checkpoint", k, None, measured, len(self.x), predicted)
 
@@ -293,7 +294,7 @@ class _Bench:
         optimizer = _sgd(learner.parameters())
         step = partial(_local_step, learner, optimizer, self.x, self.y)
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
-        where = f"of {mode} {options['context']} at K={k}"
+        where = f"a step of {mode} {options['context']} at K={k}"
         measured = self._measure(step, learner.parameters(), optimizer, where, predicted)
         budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, len(self.x))
         fractions = budget.fractions()

@@ -34,8 +34,9 @@ class StepOutOfMemory(ContsupError):
 
     def place(self) -> str:
         """Where it happened, in words: ``segment 2 at epoch 1, step 5``."""
-        segment = f"segment {self.segment}" if self.segment is not None else "a step"
-        return f"{segment}{' ' + self.where if self.where else ''}"
+        if self.segment is None:
+            return self.where or "a step"
+        return f"segment {self.segment}{' ' + self.where if self.where else ''}"
 
     def at(self, where: str, predicted_bytes: int | None = None) -> StepOutOfMemory:
         """The same error, placed (``at epoch 1, step 5``); keeps the cause."""

@@ -301,5 +301,9 @@ def _step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ra
                 f"the loss of segment {unit} became {value} at epoch {epoch}, step "
                 f"{step}; lower --lr or check the data"
             )
-    run.optimizer.step()
+    try:
+        run.optimizer.step()
+    except torch.OutOfMemoryError as error:
+        where = f"the optimizer step at epoch {epoch}, step {step}"
+        raise StepOutOfMemory(None, where) from error
     return result

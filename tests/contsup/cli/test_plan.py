@@ -134,3 +134,13 @@ def test_a_cpu_run_beyond_the_machines_memory_is_refused_before_it_starts(tmp_pa
     assert result.exit_code == 2
     assert "more than this machine's 1.0 MiB" in " ".join(result.output.split())
     assert not out.exists()
+
+
+def test_out_of_memory_in_a_local_bench_row_names_the_segment(monkeypatch):
+    from contsup.learner import LocalLearner
+
+    monkeypatch.setattr(LocalLearner, "_run_unit", _out_of_memory)
+    result = run("bench", "resnet20", "--k", "2", "--context", "E", "--batch-size", "4")
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert "out of memory in segment 0 of floor R0 at K=2 of resnet20 batch 4" in message
