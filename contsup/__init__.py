@@ -10,7 +10,8 @@ Importing contsup registers the paper's CIFAR ResNets in timm
 (``timm.create_model("resnet110", num_classes=10)``). ``contsup.distributed``
 (pipelines over torch.distributed) and ``contsup.load`` (a model that ``contsup
 export`` wrote, which takes images in [0, 1] unless exported with
-``--normalized-input``) are imported on first use.
+``--normalized-input``) and ``contsup.plan`` (the fewest segments that fit a memory
+budget, ``contsup.memory_plan``) are imported on first use.
 
 The ``contsup`` console script starts without this module's imports
 (``_contsup_launcher``): help and usage errors never wait for torch.
@@ -21,7 +22,7 @@ import importlib
 from contsup import models
 from contsup.learner import LocalLearner, LocalStep, wrap
 
-__all__ = ["LocalLearner", "LocalStep", "distributed", "load", "models", "wrap"]
+__all__ = ["LocalLearner", "LocalStep", "distributed", "load", "models", "plan", "wrap"]
 __version__ = "0.3.0"
 
 
@@ -31,4 +32,6 @@ def __getattr__(name: str):
         return importlib.import_module("contsup.distributed")
     if name == "load":
         return importlib.import_module("contsup.runs").load
+    if name == "plan":
+        return importlib.import_module("contsup.memory_plan").plan
     raise AttributeError(f"module 'contsup' has no attribute {name!r}")

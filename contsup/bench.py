@@ -43,6 +43,8 @@ from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
 from contsup.network import Carry
+from contsup.oom import StepOutOfMemory
+from contsup.peak import predict_checkpoint
 
 __all__ = ["BenchRow", "run_bench"]
 
@@ -143,15 +145,6 @@ def _local_step(learner: LocalLearner, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=True)
     learner.local_backward(x, y)
     optimizer.step()
-
-
-def _predict_checkpoint(part: partitioner.Partition, x: torch.Tensor) -> int:
-    """Backward recomputes segment k while the inputs of segments 0..k-1 are still kept."""
-    inputs = [_nbytes([x])] + [
-        _nbytes([torch.empty(b.shape, device="meta")]) for b in part.boundaries
-    ]
-    peak = max(sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats))
-    return peak + _predicted_static(list(part.parameters()))
 
 
 def _predicted_static(params: Sequence[torch.Tensor]) -> int:
@@ -267,16 +260,24 @@ class _Bench:
         step: Callable[[], None],
         params: Iterable[torch.Tensor],
         optimizer: torch.optim.Optimizer,
+        where: str,
+        predicted: int,
     ) -> tuple[int, int, int, float]:
         batch = (self.x, self.y)
-        return measure(step, list(params), optimizer, self.device, batch, steps=self.steps)
+        try:
+            return measure(step, list(params), optimizer, self.device, batch, steps=self.steps)
+        except torch.OutOfMemoryError as error:
+            raise StepOutOfMemory(None, where, predicted) from error
+        except StepOutOfMemory as error:  # local_backward named the segment
+            raise error.at(where.removeprefix("a step "), predicted) from error.__cause__
 
     def e2e(self, predicted_activation: int) -> BenchRow:
         model = self.make_model().to(self.device)
         optimizer = _sgd(model.parameters())
         step = partial(_e2e_step, model, optimizer, self.x, self.y)
-        measured = self._measure(step, model.parameters(), optimizer)
         predicted = predicted_activation + _predicted_static(list(model.parameters()))
+        where = "a step of end-to-end"
+        measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("e2e", 1, None, measured, len(self.x), predicted)
 
     def checkpointed(self, k: int, objective: str) -> BenchRow:
@@ -284,16 +285,18 @@ class _Bench:
         part = partitioner.partition(model, self.x, k, objective)
         optimizer = _sgd(model.parameters())
         step = partial(_checkpoint_step, part, optimizer, self.x, self.y)
-        measured = self._measure(step, model.parameters(), optimizer)
-        predicted = _predict_checkpoint(part, self.x)
+        predicted = predict_checkpoint(part, self.x).total
+        where = f"a step of checkpointing at K={k}"
+        measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("checkpoint", k, None, measured, len(self.x), predicted)
 
     def local(self, mode: str, k: int, options: dict, meta: LocalLearner) -> BenchRow:
         learner = wrap(self.make_model().to(self.device), k, example_input=self.x, **options)
         optimizer = _sgd(learner.parameters())
         step = partial(_local_step, learner, optimizer, self.x, self.y)
-        measured = self._measure(step, learner.parameters(), optimizer)
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
+        where = f"a step of {mode} {options['context']} at K={k}"
+        measured = self._measure(step, learner.parameters(), optimizer, where, predicted)
         budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, len(self.x))
         fractions = budget.fractions()
         return _row(

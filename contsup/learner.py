@@ -31,6 +31,7 @@ from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.mixing import hard_labels
 from contsup.network import Carry, ContextNetwork, Unit
+from contsup.oom import StepOutOfMemory
 
 __all__ = [
     "Carry",
@@ -252,18 +253,12 @@ class LocalLearner(nn.Module):
         losses, correct = [], []
         classify = self.local_loss == "ce"
         for j in range(start, stop):
-            unit = self.unit(j)
-            with cast:
-                # Everything the unit reads is detached: its bridge learns from its loss only.
-                out = unit(x, carry, detach=True)
-                last = j == self.k - 1
-                scores = out if last else unit.head(out)
-                if last:
-                    loss = F.cross_entropy(out.float(), y)
-                else:
-                    loss = self.local_loss_of(j, out, y, raw, scores)
-            if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
-                loss.backward()
+            try:
+                loss, scores, out = self._run_unit(j, x, y, carry, raw, cast)
+            except torch.OutOfMemoryError as error:
+                # One sentence at the command line, naming the segment, not a traceback.
+                raise StepOutOfMemory(j) from error
+            last = j == self.k - 1
             losses.append(loss.detach())
             # Soft targets (mixup, label smoothing) count their most probable class.
             hits = (
@@ -274,6 +269,22 @@ class LocalLearner(nn.Module):
             correct.append(hits)
             carry.out = out.detach()
         return losses, correct
+
+    def _run_unit(self, j: int, x, y, carry: Carry, raw, cast):
+        """Unit ``j``'s forward and local backward: its loss, scores and output."""
+        unit = self.unit(j)
+        with cast:
+            # Everything the unit reads is detached: its bridge learns from its loss only.
+            out = unit(x, carry, detach=True)
+            last = j == self.k - 1
+            scores = out if last else unit.head(out)
+            if last:
+                loss = F.cross_entropy(out.float(), y)
+            else:
+                loss = self.local_loss_of(j, out, y, raw, scores)
+        if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
+            loss.backward()
+        return loss, scores, out
 
 
 def _default_input(model: nn.Module) -> torch.Tensor:
@@ -344,6 +355,7 @@ def wrap(
     objective: str = "flops",
     example_input: torch.Tensor | None = None,
     num_classes: int | None = None,
+    analysis: partitioner.Analysis | None = None,
 ) -> LocalLearner:
     """Cut ``model`` into ``k`` segments and add local heads and context bridges.
 
@@ -372,6 +384,8 @@ def wrap(
             your data's shape when it differs (``torch.zeros(2, 3, 64, 64)``): heads and
             bridges are sized for it, and other shapes are refused.
         num_classes: defaults to ``model.num_classes``.
+        analysis: ``partitioner.analyze(model, example_input)``, reused instead of
+            tracing the model again (a planner tries many K on one model).
 
     The learner shares parameters with ``model``.
     """
@@ -390,11 +404,15 @@ def wrap(
     k, cuts = _segments(k, cuts, x)
     boundaries = k - 1 if isinstance(k, int) else 0
     weights = _loss_weights(decoder, max(boundaries, 0))
+    if analysis is None:
+        partitioner.check_objective(objective)
+        timed = cuts is None and objective == "time"
+        analysis = partitioner.analyze(model, x, measure_time=timed)
     if cuts is None:
         hook = balance_hook(model, x, objective, config)
-        part = partitioner.partition(model, x, k, objective, extra_cost=hook)
+        part = analysis.partition(k, objective, extra_cost=hook)
     else:
-        part = partitioner.analyze(model, x).split_at(cuts, objective)
+        part = analysis.split_at(cuts, objective)
     for b in part.boundaries:
         if len(b.tensors) != 1:
             raise ConfigError("context supply needs single-tensor boundaries")

@@ -1,4 +1,4 @@
-"""The rich tables ``contsup split`` and ``contsup bench`` print from their JSON objects."""
+"""The rich tables ``contsup split``, ``bench`` and ``plan`` print from their results."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from contsup.memory_plan import MemoryPlan
     from partitioner import Partition
 
-__all__ = ["print_bench_table", "print_split_table"]
+__all__ = ["print_bench_table", "print_memory_plan", "print_split_table"]
 
 
 def print_split_table(console: Console, summary: dict, part: Partition, batch_size: int) -> None:
@@ -146,4 +147,47 @@ def print_bench_table(console: Console, result: dict) -> None:
         + ("; CPU activation = bytes saved for backward" if result["device"] == "cpu" else "")
         + "; floor = R0 with a GAP+Linear head at the first context's cuts; aux = heads and "
         "bridges as a fraction of the backbone"
+    )
+
+
+def print_memory_plan(console: Console, plan: MemoryPlan) -> None:
+    """The ``contsup plan`` report: the K chosen, the alternatives beside it, the
+    largest batch and the floor.
+
+    Example::
+
+        print_memory_plan(Console(), contsup.plan("resnet20", memory="64MiB", batch_size=64))
+    """
+    from contsup.memory_plan import format_bytes
+
+    c, h, w = plan.input_size
+    table = Table(
+        title=f"{plan.model}, batch {plan.batch_size} of {c}x{h}x{w}, "
+        f"{format_bytes(plan.memory_bytes)} on {plan.device}"
+    )
+    for column in ("training", "K", "predicted peak", "fits"):
+        table.add_column(column, justify="left" if column == "training" else "right")
+    for name, k, peak in (
+        (f"local, context {plan.context}", plan.k, plan.peak),
+        ("end-to-end", 1, plan.end_to_end),
+        ("gradient checkpointing", plan.k, plan.checkpoint),
+    ):
+        fits = "yes" if peak.total <= plan.memory_bytes else "no"
+        table.add_row(name, str(k), format_bytes(peak.total), fits)
+    console.print(table)
+    p = plan.peak
+    notes = plan.to_dict()["uncalibrated"]
+    console.print(
+        f"K={plan.k}, cut after {', '.join(plan.cuts) or 'nothing'}; optimizer "
+        f"{plan.optimizer}" + (f", autocast {plan.amp}" if plan.amp else "") + "\n"
+        f"peak = {format_bytes(p.static)} weights, gradients and optimizer state + "
+        f"{format_bytes(p.saved)} saved for backward + {format_bytes(p.kept)} kept for "
+        f"bridges + {format_bytes(p.transient)} transient"
+        + (f" + {format_bytes(p.margin)} allocator margin" if p.margin else "")
+        + f" (segment {p.unit})\n"
+        f"largest batch at these cuts: {plan.max_batch_size}; least memory at any K "
+        f"(the floor): {format_bytes(plan.floor_bytes)}"
+        + (f"\nnot calibrated by a measurement: {'; '.join(notes)}" if notes else ""),
+        highlight=False,
+        soft_wrap=True,
     )

@@ -46,6 +46,7 @@ from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
 from contsup.metrics import EpochRecord, UnitTotals, write_metrics
 from contsup.mixing import TargetMixer, check_mixing, mixer_for
+from contsup.oom import StepOutOfMemory
 from contsup.optimizers import check_optimizer, make_optimizer
 from contsup.preemption import PartialEpoch, Preempted, StopSignals, check_checkpoint_every
 from contsup.schedule import check_schedule, schedule, warmup_epochs
@@ -320,12 +321,19 @@ def _step(run: _Run, epoch: int, step: int, part: BatchPart) -> StageStep:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
-    result = run.pipe.local_backward_part(part, run.autocast)
+    try:
+        result = run.pipe.local_backward_part(part, run.autocast)
+    except StepOutOfMemory as error:
+        raise error.at(f"at epoch {epoch}, step {step}") from error.__cause__
     for unit, value in zip(result.units, result.losses):
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"the loss of segment {unit} became {value} at epoch {epoch}, step "
                 f"{step}; lower --lr or check the data"
             )
-    run.optimizer.step()
+    try:
+        run.optimizer.step()
+    except torch.OutOfMemoryError as error:
+        where = f"the optimizer step at epoch {epoch}, step {step}"
+        raise StepOutOfMemory(None, where) from error
     return result

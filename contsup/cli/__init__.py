@@ -1,5 +1,5 @@
-"""The ``contsup`` command line: ``split``, ``train``, ``bench``, ``eval``, ``export``,
-``plot`` and ``models``, one module each.
+"""The ``contsup`` command line: ``split``, ``plan``, ``train``, ``bench``, ``eval``,
+``export``, ``plot`` and ``models``, one module each.
 
 User errors (unknown model, bad K, an input size the model rejects, a model fx
 cannot trace, missing data, a bad recipe, a corrupt checkpoint) print one
@@ -11,7 +11,7 @@ when a command runs, so that ``--help`` needs only typer and rich.
 """
 
 # Each module adds its command to the app; their order is the order of --help.
-from contsup.cli import split, train, bench, evaluate, export, plot, models  # noqa: F401, I001
+from contsup.cli import split, plan, train, bench, evaluate, export, plot, models  # noqa: F401, I001
 from contsup.cli.common import app
 
 __all__ = ["app", "main"]

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from contsup.cli.common import UserError, app, int_list, stderr, stdout, user_errors
+from contsup.cli.common import (
+    UserError,
+    app,
+    int_list,
+    print_error,
+    stderr,
+    stdout,
+    user_errors,
+)
 
 __all__ = ["bench"]
 
@@ -43,6 +51,7 @@ def bench(
         from contsup.bench import run_bench
         from contsup.devices import check_device
         from contsup.models.lookup import create_model
+        from contsup.oom import StepOutOfMemory
         from contsup.tables import print_bench_table
 
         ks, contexts = _checked_options(k, context, aux, head, objective, batch_size, steps)
@@ -62,20 +71,25 @@ def bench(
         def make_model():
             return timm.create_model(model, num_classes=num_classes, in_chans=size[0])
 
-        rows = run_bench(
-            make_model,
-            ks=ks,
-            contexts=contexts,
-            batch_size=batch_size,
-            input_size=size,
-            num_classes=num_classes,
-            device=device,
-            steps=steps,
-            objective=objective,
-            aux=aux,
-            head=head,
-            on_row=on_row,
-        )
+        try:
+            rows = run_bench(
+                make_model,
+                ks=ks,
+                contexts=contexts,
+                batch_size=batch_size,
+                input_size=size,
+                num_classes=num_classes,
+                device=device,
+                steps=steps,
+                objective=objective,
+                aux=aux,
+                head=head,
+                on_row=on_row,
+            )
+        except StepOutOfMemory as error:
+            options = dict(input_size=size, context=contexts[-1], aux=aux, head=head)
+            print_error(_oom_message(error, model, batch_size, device, options, num_classes))
+            raise typer.Exit(2) from None
         result = {
             **_machine(device),
             "model": model,
@@ -118,3 +132,16 @@ def _machine(device: str) -> dict[str, str]:
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     return {"device": name, "torch": torch.__version__}
+
+
+def _oom_message(error, model: str, batch_size: int, device: str, options: dict, classes: int):
+    """The one sentence for a CUDA out-of-memory error in a measured step."""
+    from contsup.devices import device_memory
+    from contsup.oom import oom_sentence
+
+    memory = device_memory(device)
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    plan_options = dict(options, device=kind, num_classes=classes)
+    return oom_sentence(
+        error, model=model, batch_size=batch_size, device_bytes=memory, plan_options=plan_options
+    )

@@ -18,7 +18,7 @@ __all__ = ["train"]
 
 PROGRESS_SECONDS = 30.0  # how often a run writes a progress line when not on a terminal
 # The options that steer the command rather than the training configuration.
-COMMAND_OPTIONS = ("recipe", "run", "resume", "as_json")
+COMMAND_OPTIONS = ("recipe", "run", "resume", "as_json", "memory")
 
 
 @app.command()
@@ -82,6 +82,10 @@ def train(
     plan: Annotated[
         str | None, typer.Option(help="cut where a plan from `contsup split --save` says")
     ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(help="cut into the fewest segments that fit this budget, e.g. 24GiB"),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     amp: Annotated[str | None, typer.Option(help="bf16")] = None,
     channels_last: Annotated[
@@ -143,18 +147,21 @@ def train(
         if amp not in (None, "bf16"):
             raise UserError(f"--amp takes bf16, got {amp!r}")
         for name, values in runs_to_train(recipe, run, given_fields(options)):
-            summary = _train_one(values, resume, as_json, label=name)
+            summary = _train_one(values, resume, as_json, label=name, memory=memory)
             if as_json and summary is not None:
                 print(json.dumps(summary))
 
 
-def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | None:
+def _train_one(
+    values: dict, resume: bool, as_json: bool, label: str, memory: str | None = None
+) -> dict | None:
     """Train one run; None on ranks other than global rank 0, which do not report."""
     import os
 
     from contsup.devices import check_device
     from contsup.distributed import RankLost
     from contsup.models.lookup import check_model_name
+    from contsup.oom import StepOutOfMemory
     from contsup.preemption import PREEMPTED_EXIT_CODE
     from contsup.trainer import Preempted, TrainConfig, TrainingDiverged, train
 
@@ -163,6 +170,10 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     check_device(config.device)
     main = os.environ.get("RANK", "0") == "0"
     report = stderr if as_json else stdout
+    if memory is not None:
+        config = _planned(config, memory, report if main else None)
+    else:
+        _refuse_beyond_machine(config)
     if main:
         report.print(_run_line(config, label), highlight=False, soft_wrap=True)
     progress, on_step, on_epoch = _reporters(config, label, report, main)
@@ -172,6 +183,9 @@ def _train_one(values: dict, resume: bool, as_json: bool, label: str) -> dict | 
     except (TrainingDiverged, RankLost) as error:
         print_error(error)
         raise typer.Exit(1) from None
+    except StepOutOfMemory as error:
+        print_error(_oom_message(config, error))
+        raise typer.Exit(2) from None
     except Preempted as error:
         if main:
             report.print(str(error), highlight=False, soft_wrap=True)
@@ -242,4 +256,74 @@ def _run_line(config, label: str) -> str:
         f"{config.batch_size}, {config.optimizer} at lr {config.lr} ({config.schedule}), "
         f"on {device}{threads}; "
         f"run in {config.out_dir()}"
+    )
+
+
+def _planned(config, memory: str, report: Console | None):
+    """``config`` cut as the plan for ``memory`` says, with what was chosen printed."""
+    from contsup.memory_plan import format_bytes, plan_run
+
+    config, chosen = plan_run(config, memory)
+    if report is not None:
+        report.print(
+            f"planned for {format_bytes(chosen.memory_bytes)}: K={chosen.k}, predicted peak "
+            f"{format_bytes(chosen.peak.total)} (end-to-end {format_bytes(chosen.end_to_end.total)}"
+            f", checkpointing {format_bytes(chosen.checkpoint.total)}); cut after "
+            f"{', '.join(chosen.cuts) or 'nothing'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return config
+
+
+def _refuse_beyond_machine(config) -> None:
+    """Refuse a one-process CPU run whose predicted step does not fit the machine's memory."""
+    from contsup.building import resolve_device
+    from contsup.devices import device_memory
+    from contsup.distributed import launched
+    from contsup.memory_plan import format_bytes, predict_run
+
+    if launched() or resolve_device(config.device).type != "cpu":
+        return
+    machine = device_memory(str(resolve_device(config.device)))
+    try:
+        peak = predict_run(config).total
+    except (RuntimeError, NotImplementedError):  # an op the meta device lacks: no prediction
+        return
+    if peak > machine:
+        raise UserError(
+            f"a training step of {config.model} at batch {config.batch_size} and K={config.k} "
+            f"needs about {format_bytes(peak)}, more than this machine's "
+            f"{format_bytes(machine)}; `contsup plan {config.model} --memory "
+            f"{machine // 2**30}GiB --batch-size {config.batch_size} --device cpu` says what fits"
+        )
+
+
+def _oom_message(config, error) -> str:
+    """The one sentence for a CUDA out-of-memory error in a step."""
+    from contsup.building import resolve_device
+    from contsup.data import parse_dataset
+    from contsup.devices import device_memory
+    from contsup.memory_plan import predict_run
+    from contsup.oom import oom_sentence
+
+    total = device_memory(str(resolve_device(config.device)))
+    info = parse_dataset(config.dataset)[0]
+    options = dict(
+        input_size=info.image_size,
+        context=config.context,
+        aux=config.aux,
+        head=config.head,
+        amp=config.amp,
+        device="cuda",
+        num_classes=info.num_classes,
+    )
+    return oom_sentence(
+        error,
+        model=config.model,
+        batch_size=config.batch_size,
+        k=len(config.cuts) + 1 if config.cuts else config.k,
+        predicted_bytes=predict_run(config).total,
+        device_bytes=total,
+        plan_options=options,
     )

@@ -1,0 +1,179 @@
+"""What a training step will hold at its peak, predicted on the meta device.
+
+``predict_step`` walks a learner built on the meta device unit by unit, as
+``local_backward`` does, and adds up what the step holds when its largest unit
+ends its forward pass (backward only frees from there):
+
+* ``static``: weights, their gradients and the optimizer's state (SGD momentum:
+  one copy; AdamW's two moments: two), of the backbone and its heads and bridges;
+* ``saved``: what the unit's bridge, segment, head and loss save for backward;
+  under ``amp`` half of it (bf16 activations) plus the bf16 copies autocast
+  makes of the unit's weights;
+* ``kept``: boundary inputs later bridges read that the unit itself does not save;
+* ``transient``: twice the largest tensor the unit makes: during backward an op
+  holds the gradient flowing in beside the one it computes, each up to that size;
+* ``margin``: on CUDA, room for the caching allocator's rounding and
+  fragmentation (``CUDA_MARGIN`` of the rest).
+
+On the CPU ``contsup bench`` measures ``static + saved`` exactly (the bytes
+autograd keeps, plus the static bytes); the transient, the autocast estimate and
+the CUDA margin are not calibrated against a measurement.
+
+Example::
+
+    meta = wrap(meta_model, 4, example_input=torch.empty(32, 3, 224, 224, device="meta"))
+    peak = predict_step(meta, x, y, optimizer="adamw")
+    peak.total, peak.saved
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import partitioner
+from contsup.errors import ConfigError
+from contsup.learner import LocalLearner
+from contsup.memory import SavedTensorTracker
+from contsup.network import Carry
+
+__all__ = [
+    "CUDA_MARGIN",
+    "OPTIMIZER_STATE_COPIES",
+    "StepPeak",
+    "check_optimizer",
+    "predict_checkpoint",
+    "predict_step",
+    "training_state_bytes",
+]
+
+OPTIMIZER_STATE_COPIES = {"sgd": 1, "adamw": 2}  # state tensors per parameter
+CUDA_MARGIN = 0.10  # the caching allocator's share; an allowance, not measured here
+
+
+@dataclass(frozen=True)
+class StepPeak:
+    """The bytes a training step holds at its peak, by kind (see the module's docstring)."""
+
+    static: int
+    saved: int
+    kept: int = 0
+    transient: int = 0
+    margin: int = 0
+    unit: int = 0  # the unit (segment) where the step peaks
+
+    @property
+    def total(self) -> int:
+        return self.static + self.saved + self.kept + self.transient + self.margin
+
+
+def check_optimizer(optimizer: str) -> None:
+    """Raise ``ConfigError`` unless ``optimizer`` is one the planner prices."""
+    if optimizer not in OPTIMIZER_STATE_COPIES:
+        raise ConfigError(f"optimizer takes sgd or adamw, got {optimizer!r}")
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def training_state_bytes(params: Sequence[torch.Tensor], optimizer: str = "sgd") -> int:
+    """Weights, gradients and optimizer state of ``params``.
+
+    Example::
+
+        training_state_bytes(list(model.parameters()), "adamw")   # 4 copies of the weights
+    """
+    check_optimizer(optimizer)
+    return (2 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any op makes (the size of its gradient in backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def predict_step(
+    meta: LocalLearner,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    optimizer: str = "sgd",
+    amp: str | None = None,
+    device: str = "cpu",
+) -> StepPeak:
+    """The peak of one ``local_backward`` step and the optimizer step after it.
+
+    Example::
+
+        peak = predict_step(meta, torch.empty(32, 3, 224, 224, device="meta"),
+                            torch.zeros(32, dtype=torch.long, device="meta"))
+
+    ``meta`` is a learner built on the meta device (K=1 is end-to-end training);
+    ``x`` and ``y`` meta tensors of the batch. ``amp`` is None or ``bf16``;
+    ``device`` ``cpu`` or ``cuda`` (which adds ``CUDA_MARGIN``).
+    """
+    params = list(meta.parameters())
+    static = training_state_bytes(params, optimizer)
+    carry = Carry(meta.context)
+    best = StepPeak(static, 0)
+    for k in range(meta.k):
+        unit = meta.unit(k)
+        held = [t for t in [carry.out, *carry.inputs] if t is not None]
+        with SavedTensorTracker(params) as tracker, _LargestOutput() as largest:
+            out = unit(x, carry, detach=True)
+            last = k == meta.k - 1
+            loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
+            saved_keys = set(tracker.live)
+        saved = tracker.peak_bytes
+        if amp is not None:
+            weights = _nbytes(p for m in unit.modules() for p in m.parameters())
+            saved = saved // 2 + weights // 2
+        kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
+        if saved + kept + 2 * largest.largest > best.saved + best.kept + best.transient:
+            best = StepPeak(static, saved, kept, 2 * largest.largest, unit=k)
+        del loss
+        carry.out = out.detach()
+    margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
+    return StepPeak(best.static, best.saved, best.kept, best.transient, margin, best.unit)
+
+
+def predict_checkpoint(
+    part: partitioner.Partition,
+    x: torch.Tensor,
+    *,
+    optimizer: str = "sgd",
+    device: str = "cpu",
+    transient: int = 0,
+) -> StepPeak:
+    """The peak of gradient checkpointing at ``part``'s segments: backward recomputes
+    segment k while the inputs of segments 0..k-1 are still kept.
+
+    Example::
+
+        predict_checkpoint(learner.partition, torch.empty(32, 3, 224, 224, device="meta")).total
+
+    ``transient``: what to add for gradients in flight (``predict_step``'s, end-to-end).
+    """
+    inputs = [_nbytes([x])] + [
+        _nbytes([torch.empty(b.shape, device="meta")]) for b in part.boundaries
+    ]
+    steps = [sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats)]
+    unit = max(range(len(steps)), key=steps.__getitem__)
+    static = training_state_bytes(list(part.parameters()), optimizer)
+    margin = int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
+    return StepPeak(static, steps[unit], transient=transient, margin=margin, unit=unit)
