@@ -10,7 +10,8 @@ Example::
     try:
         train(config)
     except StepOutOfMemory as error:
-        print(oom_sentence(error, config, device_bytes=80 * 2**30))
+        print(oom_sentence(error, model=config.model, batch_size=config.batch_size,
+                           device_bytes=80 * 2**30, plan_options={"context": config.context}))
 """
 
 from __future__ import annotations
