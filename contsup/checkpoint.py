@@ -33,6 +33,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from contsup.atomic import write_text_atomic
+from contsup.distributed.errors import lost, only_peer
 from contsup.errors import ContsupError
 
 __all__ = [
@@ -73,7 +74,10 @@ def _single_process_quiet():
 
 def _barrier() -> None:
     if _distributed():
-        torch.distributed.barrier()
+        try:
+            torch.distributed.barrier()
+        except RuntimeError as error:  # gloo: a peer stopped, maybe after the commit
+            raise lost(only_peer(), error) from None
 
 
 def tensors_dir(epoch: int, step: int | None = None) -> str:

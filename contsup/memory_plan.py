@@ -32,6 +32,7 @@ import partitioner
 from contsup.config import TrainConfig
 from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
+from contsup.oom import StepOutOfMemory
 from contsup.peak import (
     CUDA_MARGIN,
     StepPeak,
@@ -45,6 +46,7 @@ __all__ = [
     "BudgetTooSmallError",
     "MemoryPlan",
     "format_bytes",
+    "oom_sentence",
     "parse_memory",
     "plan",
     "plan_run",
@@ -499,3 +501,37 @@ def _device_type(config: TrainConfig) -> str:
     from contsup.building import resolve_device
 
     return "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
+
+
+def oom_sentence(
+    error: StepOutOfMemory,
+    *,
+    model: str,
+    batch_size: int,
+    device_bytes: int,
+    plan_options: dict,
+    k: int | None = None,
+    predicted_bytes: int | None = None,
+) -> str:
+    """One sentence: where memory ran out, the predicted peak, and what ``plan`` says fits.
+
+    Example::
+
+        oom_sentence(error, model="resnet50", batch_size=256, device_bytes=24 << 30,
+                     plan_options={"context": "E"}, k=2, predicted_bytes=30 << 30)
+    """
+    predicted_bytes = predicted_bytes or error.predicted_bytes
+    predicted = format_bytes(predicted_bytes) if predicted_bytes else "unknown"
+    at_k = f" at K={k}," if k is not None else ""
+    head = (
+        f"out of memory in {error.place()} of {model}{at_k} batch {batch_size} "
+        f"(predicted peak {predicted}, device {format_bytes(device_bytes)})"
+    )
+    try:
+        fit = plan(model, memory=device_bytes, batch_size=batch_size, **plan_options)
+    except BudgetTooSmallError:
+        return f"{head}; `contsup plan` finds no K that fits batch {batch_size}: lower it"
+    return (
+        f"{head}; `contsup plan` says K={fit.k} fits batch {batch_size} "
+        f"(or batch {fit.max_batch_size} at K={fit.k})"
+    )

@@ -137,7 +137,7 @@ def _machine(device: str) -> dict[str, str]:
 def _oom_message(error, model: str, batch_size: int, device: str, options: dict, classes: int):
     """The one sentence for a CUDA out-of-memory error in a measured step."""
     from contsup.devices import device_memory
-    from contsup.oom import oom_sentence
+    from contsup.memory_plan import oom_sentence
 
     memory = device_memory(device)
     kind = "cuda" if device.startswith("cuda") else "cpu"

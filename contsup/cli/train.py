@@ -304,8 +304,7 @@ def _oom_message(config, error) -> str:
     from contsup.building import resolve_device
     from contsup.data import parse_dataset
     from contsup.devices import device_memory
-    from contsup.memory_plan import predict_run
-    from contsup.oom import oom_sentence
+    from contsup.memory_plan import oom_sentence, predict_run
 
     total = device_memory(str(resolve_device(config.device)))
     info = parse_dataset(config.dataset)[0]

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from contsup.errors import ContsupError
 
-__all__ = ["DistributedError", "RankLost", "lost"]
+__all__ = ["DistributedError", "RankLost", "lost", "only_peer"]
 
 
 class DistributedError(ContsupError):
@@ -39,3 +39,20 @@ def lost(peer: int | None, error: Exception) -> RankLost:
     reason = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
     who = f"rank {peer}" if peer is not None else "another rank"
     return RankLost(f"{who} stopped, so rank {me} cannot go on ({reason})")
+
+
+def only_peer(group=None) -> int | None:
+    """The one other rank of a two-rank ``group`` (None: the world), the only peer a
+    failed collective can name; None in a larger group, where gloo's error gives an
+    address, not a rank.
+
+    Example::
+
+        try:
+            dist.barrier()
+        except RuntimeError as error:
+            raise lost(only_peer(), error) from None   # "rank 1 stopped, so rank 0 ..."
+    """
+    ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
+    others = [rank for rank in ranks if rank != dist.get_rank()]
+    return others[0] if len(others) == 1 else None

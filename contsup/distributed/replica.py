@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
-from contsup.distributed.errors import lost
+from contsup.distributed.errors import lost, only_peer
 from contsup.distributed.layout import Layout
 
 __all__ = ["Alone", "Collective", "OneReplica", "Replicas", "replicas", "world"]
@@ -41,15 +41,8 @@ class Collective:
         try:
             dist.all_reduce(moved, op=_OPS[op], group=self.group)
         except RuntimeError as error:
-            raise lost(self._only_peer(), error) from None
+            raise lost(only_peer(self.group), error) from None
         tensor.copy_(moved)
-
-    def _only_peer(self) -> int | None:
-        """The one other rank of a two-rank group, the only peer a failure can name;
-        None in a larger group, where gloo's error gives an address, not a rank."""
-        ranks = dist.get_process_group_ranks(self.group or dist.group.WORLD)
-        others = [rank for rank in ranks if rank != dist.get_rank()]
-        return others[0] if len(others) == 1 else None
 
 
 class Alone:

@@ -296,21 +296,28 @@ def test_killed_rank_ends_the_job_and_resume_at_another_size(recipe, one_process
 
 
 LOSE_A_PEER = """
-import os, sys, torch, torch.distributed as dist
+import datetime, os, sys, torch, torch.distributed as dist
+from contsup.checkpoint import _barrier
 from contsup.distributed.replica import Collective
-dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
 if dist.get_rank() == 1:
     os._exit(0)  # gone before the collective, as a killed rank
+calls = {
+    "all_reduce": lambda: Collective(torch.device("cpu")).all_reduce(torch.ones(1)),
+    "barrier": _barrier,
+}
 try:
-    Collective(torch.device("cpu")).all_reduce(torch.ones(1))
+    calls[sys.argv[1]]()
 except Exception as error:
     print(type(error).__name__, error)
 """
 
 
-def test_a_rank_lost_in_a_collective_is_named_in_a_two_rank_world(tmp_path):
-    # The stop-flag all-reduce is where a pipeline most often notices a dead peer.
-    ranks = Ranks(["-c", LOSE_A_PEER], 2, tmp_path)
+@pytest.mark.parametrize("call", ["all_reduce", "barrier"])
+def test_a_rank_lost_in_a_collective_is_named_in_a_two_rank_world(tmp_path, call):
+    # Where a pipeline notices a dead peer outside its p2p: the stop-flag all-reduce,
+    # and the barrier after a checkpoint's commit (a peer killed just after it).
+    ranks = Ranks(["-c", LOSE_A_PEER, call], 2, tmp_path)
     assert ranks.wait(timeout=120) == [0, 0], ranks.log(0)
     assert "RankLost rank 1 stopped, so rank 0 cannot go on" in ranks.log(0), ranks.log(0)
 
