@@ -3,8 +3,11 @@
 timm's ``Mixup`` does the work. Its draws come from NumPy's global generator; here
 each step draws from its own, seeded by the run's seed and the step's number, and
 NumPy's global state is put back: a resumed run (mid-epoch too) mixes every step as
-the uninterrupted run did, and nothing else's random numbers move. Every rank mixes
-the whole batch the same way before taking its share.
+the uninterrupted run did, and nothing else's random numbers move. The rank that
+loads a batch's images mixes them (a pipeline's first stage, which sends the soft
+targets down the pipe with the labels): a pipeline mixes as one process does, and
+data-parallel replicas each mix their own slice, as each rank does in timm's
+training.
 
 The targets are class probabilities (batch, classes), which ``F.cross_entropy`` scores
 as timm's ``SoftTargetCrossEntropy`` does: the local heads and the last segment get the
