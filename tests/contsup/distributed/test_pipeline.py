@@ -309,7 +309,8 @@ calls = {
 try:
     calls[sys.argv[1]]()
 except Exception as error:
-    print(type(error).__name__, error)
+    print(type(error).__name__, error, flush=True)
+os._exit(0)  # a broken process group may abort in its destructor at a normal exit
 """
 
 
