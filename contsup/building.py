@@ -27,6 +27,7 @@ __all__ = [
     "PlanError",
     "build",
     "build_learner",
+    "config_cuts",
     "cut_nodes",
     "default_threads",
     "plan_cuts",
@@ -125,6 +126,20 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     return learner, data, device
 
 
+def config_cuts(config: TrainConfig, info: DatasetInfo) -> list[str] | None:
+    """The cuts ``config`` names, directly or through its plan; None: balance into K.
+
+    Example::
+
+        config_cuts(TrainConfig(model="resnet20", plan="plan.json"), info)  # the plan's cuts
+    """
+    if config.plan is None:
+        return config.cuts
+    if config.cuts is not None:
+        raise ConfigError("give cuts or a plan, not both")
+    return plan_cuts(config.plan, config.model, tuple(info.image_size))
+
+
 def build_learner(
     config: TrainConfig, info: DatasetInfo, cuts: list[str] | None = None
 ) -> LocalLearner:
@@ -142,11 +157,7 @@ def build_learner(
     model = timm.create_model(config.model, num_classes=info.num_classes, **kwargs)
     example = torch.zeros(2, *info.image_size)
     if cuts is None:
-        cuts = config.cuts
-        if config.plan is not None:
-            if cuts is not None:
-                raise ConfigError("give cuts or a plan, not both")
-            cuts = plan_cuts(config.plan, config.model, tuple(info.image_size))
+        cuts = config_cuts(config, info)
     learner = wrap(
         model,
         None if cuts is not None else config.k,  # with cuts, K follows from them

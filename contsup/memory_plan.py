@@ -460,14 +460,12 @@ def predict_run(config: TrainConfig) -> StepPeak:
 
         predict_run(TrainConfig(model="resnet20", k=4, dataset="digits")).total
     """
-    from contsup.building import plan_cuts
+    from contsup.building import config_cuts
 
     info = _dataset_info(config)
     _, net = _meta_model(config.model, info.image_size, info.num_classes)
     x = torch.empty((config.batch_size, *info.image_size), device="meta")
-    cuts = config.cuts
-    if config.plan is not None:
-        cuts = plan_cuts(config.plan, config.model, tuple(info.image_size))
+    cuts = config_cuts(config, info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", partitioner.PartitionWarning)
         learner = wrap(
