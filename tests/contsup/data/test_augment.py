@@ -6,23 +6,12 @@ import torch
 from contsup.data import DataError, load_dataset
 from contsup.data.augment import check_augment, timm_train_transform, use_timm_augment
 from contsup.errors import ConfigError
-
-
-def image_folder(root, size=(40, 30)):
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for label in ("cat", "dog"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", size, (i * 90, 10, 200)).save(folder / f"{i}.png")
-    return root
+from tests.contsup.data.folders import image_folder
 
 
 @pytest.mark.parametrize("augment", ["timm", "trivialaugment", "rand-m9-mstd0.5-inc1"])
 def test_timm_augmentation_gives_images_in_0_1_of_the_run_size(tmp_path, augment):
-    data = load_dataset(f"imagefolder:{image_folder(tmp_path)}", batch_size=4, workers=0)
+    data = load_dataset(f"imagefolder:{image_folder(tmp_path, images=2)}", batch_size=4, workers=0)
     use_timm_augment(data, augment, random_erasing=0.5)
     assert "RandomResizedCrop" in repr(data.train_set.transform)
     torch.manual_seed(0)
@@ -32,7 +21,7 @@ def test_timm_augmentation_gives_images_in_0_1_of_the_run_size(tmp_path, augment
 
 
 def test_random_erasing_is_in_the_transform_only_when_asked(tmp_path):
-    data = load_dataset(f"imagefolder:{image_folder(tmp_path)}", batch_size=4, workers=0)
+    data = load_dataset(f"imagefolder:{image_folder(tmp_path, images=2)}", batch_size=4, workers=0)
     transform = timm_train_transform(data.info, None, random_erasing=1.0)
     assert "RandomErasing" in repr(transform)
     plain = timm_train_transform(data.info, None, random_erasing=0.0)
@@ -40,7 +29,7 @@ def test_random_erasing_is_in_the_transform_only_when_asked(tmp_path):
 
 
 def test_the_test_split_keeps_its_center_crop(tmp_path):
-    data = load_dataset(f"imagefolder:{image_folder(tmp_path)}", batch_size=4, workers=0)
+    data = load_dataset(f"imagefolder:{image_folder(tmp_path, images=2)}", batch_size=4, workers=0)
     before = repr(data.test_set.transform)
     use_timm_augment(data, "rand-m9-mstd0.5-inc1", 0.25)
     assert repr(data.test_set.transform) == before

@@ -4,18 +4,11 @@ import pytest
 import torch
 
 from contsup.data import DataError, load_dataset
+from tests.contsup.data.folders import image_folder
 
 
 def test_imagefolder_streams_through_a_loader(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for label in ("cat", "dog"):
-            folder = tmp_path / split / label
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (40, 30), (i * 40, 10, 200)).save(folder / f"{i}.png")
-    data = load_dataset(f"imagefolder:{tmp_path}", batch_size=4, workers=0)
+    data = load_dataset(f"imagefolder:{image_folder(tmp_path)}", batch_size=4, workers=0)
     assert data.info.num_classes == 2 and data.train_size == 6
     x, y, raw = next(data.train(torch.Generator().manual_seed(0)))
     assert x.shape == (4, 3, 224, 224) and raw.max() <= 1

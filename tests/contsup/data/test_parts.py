@@ -5,6 +5,7 @@ import torch
 
 from contsup.data import DeviceBatches, LoaderBatches, Part, load_dataset, parse_dataset
 from contsup.data.seeded import SeededSamples
+from tests.contsup.data.folders import image_folder
 
 
 class Recorded(torch.utils.data.Dataset):
@@ -118,15 +119,8 @@ def test_seeded_samples_leave_the_random_state_as_it_was():
 
 
 def test_imagefolder_parts_of_two_replicas_are_one_process_batches(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for label in ("cat", "dog"):
-            folder = tmp_path / split / label
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (40, 30), (i * 40, 10, 200)).save(folder / f"{i}.jpg")
-    data = load_dataset(f"imagefolder:{tmp_path}", batch_size=4, workers=0)
+    folder = image_folder(tmp_path, suffix="jpg")
+    data = load_dataset(f"imagefolder:{folder}", batch_size=4, workers=0)
     (x, y, raw), _ = list(data.train(torch.Generator().manual_seed(0)))
     parts = [next(data.train_parts(torch.Generator().manual_seed(0), Part(r, 2))) for r in (0, 1)]
     assert torch.equal(torch.cat([p.x for p in parts]), x)
