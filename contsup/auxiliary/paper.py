@@ -14,13 +14,18 @@ Decoder (InfoPro-style): bilinear up to the image (``align_corners=True``),
 Conv3x3(C->12, bias) -> BN -> ReLU -> Conv3x3(12->3) -> Sigmoid.
 
 Init, as the reference: every Conv2d normal(0, sqrt(2 / (k * k * out_channels))),
-BatchNorm weight 1 and bias 0, Linear PyTorch's default.
+BatchNorm weight 1 and bias 0, Linear PyTorch's default. The builders take
+``init=None`` for PyTorch's default init instead (the ``sized`` design's choice:
+on short runs the reference's larger conv weights, behind BatchNorm, learn
+slower; docs/context.md).
 
 Other layouts pass through ``ToMap``/``FromMap``. Built for 32 px inputs: at
 224 px these modules cost more than the backbone (see ``contsup.auxiliary.scaled``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -42,11 +47,19 @@ __all__ = [
 
 IMAGE_HIDDEN = 12  # the E encoder's hidden channels
 
+Init = Callable[[nn.Module], nn.Module] | None  # None: PyTorch's default init
+
+
+def _initialised(module: nn.Module, init: Init) -> nn.Module:
+    return module if init is None else init(module)
+
 
 class ImageEncoder(nn.Sequential):
     """The ``E`` encoder: raw image -> a tensor shaped like the boundary."""
 
-    def __init__(self, image: Geometry, target: Geometry, hidden: int = IMAGE_HIDDEN):
+    def __init__(
+        self, image: Geometry, target: Geometry, hidden: int = IMAGE_HIDDEN, init: Init = paper_init
+    ):
         super().__init__(
             nn.Conv2d(image.channels, hidden, 3, padding=1, bias=True),
             nn.BatchNorm2d(hidden),
@@ -57,13 +70,13 @@ class ImageEncoder(nn.Sequential):
             pool_to(image, target),
             FromMap(target),
         )
-        paper_init(self)
+        _initialised(self, init)
 
 
 class BoundaryEncoder(nn.Sequential):
     """The ``Rn`` encoder: an earlier boundary input -> a tensor shaped like this boundary."""
 
-    def __init__(self, source: Geometry, target: Geometry):
+    def __init__(self, source: Geometry, target: Geometry, init: Init = paper_init):
         super().__init__(
             ToMap(source),
             nn.Conv2d(source.channels, target.channels, 1, bias=True),
@@ -72,7 +85,7 @@ class BoundaryEncoder(nn.Sequential):
             pool_to(source, target),
             FromMap(target),
         )
-        paper_init(self)
+        _initialised(self, init)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -83,7 +96,9 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     ]
 
 
-def build_head(config: str, geometry: Geometry, out_features: int, width: int) -> nn.Sequential:
+def build_head(
+    config: str, geometry: Geometry, out_features: int, width: int, init: Init = paper_init
+) -> nn.Sequential:
     """The paper's local head for a boundary of ``geometry``.
 
     Example::
@@ -101,7 +116,8 @@ def build_head(config: str, geometry: Geometry, out_features: int, width: int) -
         layers += _conv_bn_relu(channels, out, stride)
         channels, size = out, (size + 1) // stride
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
-    return paper_init(nn.Sequential(*layers, *linear_layers(channels, linears, out_features)))
+    head = nn.Sequential(*layers, *linear_layers(channels, linears, out_features))
+    return _initialised(head, init)
 
 
 class ReconstructionDecoder(nn.Sequential):
@@ -120,15 +136,18 @@ class ReconstructionDecoder(nn.Sequential):
         paper_init(self)
 
 
-def build_bridge(target: Geometry, sources: list[Geometry], image: Geometry | None) -> Bridge:
+def build_bridge(
+    target: Geometry, sources: list[Geometry], image: Geometry | None, init: Init = paper_init
+) -> Bridge:
     """One ``Rn`` encoder per earlier boundary, plus ``E`` when ``image`` is given, summed.
 
     Example::
 
         bridge = build_bridge(Geometry("NCHW", 32, 16, 16), [previous], image)
     """
-    recent = [BoundaryEncoder(g, target) for g in sources]
-    return Bridge(recent, ImageEncoder(image, target) if image is not None else None)
+    recent = [BoundaryEncoder(g, target, init) for g in sources]
+    encoder = ImageEncoder(image, target, init=init) if image is not None else None
+    return Bridge(recent, encoder)
 
 
 DESIGN = register_design(AuxDesign("paper", build_bridge, build_head, ReconstructionDecoder))

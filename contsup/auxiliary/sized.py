@@ -1,17 +1,15 @@
-"""An opt-in aux design: the paper's bridges where they are cheap, thin ones where not.
+"""Aux design ``sized``: the paper's bridges where they are cheap, thin ones where not.
 
 The paper's bridges run their encoders at full resolution and add their
-BatchNorm-ed output to every channel of the boundary. With ``scaled``'s heads
-they learn a little better than ``scaled``'s 16-channel band on the learning
-benchmark (ResNet-32, K=16, core budget, five paired seeds: 82.98% against
-82.78%, +0.20 points, three seeds of five ahead; pooled to twice the boundary's
-grid first they lost even that), at twice the peak memory and step time at
-32 px (docs/context.md). That is why ``scaled`` stays the default. At 224 px the
-paper's ``E`` encoder alone saves more for backward than the segment it serves,
-so each bridge here is chosen by what the paper's would save, per image:
+BatchNorm-ed output to every channel of the boundary. Built with PyTorch's
+default init (not the reference's larger He init, under which their convs
+learn slower behind BatchNorm), they carry context's benefit on the learning
+benchmark (docs/context.md). At 224 px the paper's ``E`` encoder alone saves
+more for backward than the segment it serves, so each bridge here is chosen by
+what the paper's would save, per image:
 
-* **the paper's bridge** (``contsup.auxiliary.paper``, its init included) where
-  it saves at most ``RICH_LIMIT`` values per image for backward (1 MiB in
+* **the paper's bridge** (``contsup.auxiliary.paper``, PyTorch's default init)
+  where it saves at most ``RICH_LIMIT`` values per image for backward (1 MiB in
   float32): every bridge of a network on 32 px images;
 * **``scaled``'s thin bridge** elsewhere: at 224 px every bridge that reads the
   image, so the 224 px memory goals hold as with ``scaled``.
@@ -66,7 +64,7 @@ def build_bridge(
         bridge = build_bridge(Geometry("NCHW", 64, 8, 8), [previous], image)  # the paper's at 32 px
     """
     if paper_saved_values(target, sources, image) <= RICH_LIMIT:
-        return paper.build_bridge(target, list(sources), image)
+        return paper.build_bridge(target, list(sources), image, init=None)
     return FusedBridge(target, sources, image)
 
 

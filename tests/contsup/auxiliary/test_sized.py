@@ -91,3 +91,22 @@ def test_each_bridge_is_sized_by_itself(monkeypatch):
     kinds = [is_rich(b) for b in mixed.bridges]
     assert kinds == [c <= min(costs) for c in costs]
     assert all(isinstance(b, FusedBridge) for b, rich in zip(mixed.bridges, kinds) if not rich)
+
+
+def _widest_weight_over_bound(module: nn.Module) -> float:
+    """Largest |w| / (1 / sqrt(fan_in)) over the convs: at most 1 under PyTorch's default init."""
+    return max(
+        float(m.weight.detach().abs().max() * (m.weight[0].numel() ** 0.5))
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d)
+    )
+
+
+def test_rich_bridges_keep_pytorchs_default_init_and_paper_keeps_the_reference():
+    """The reference's He init made the paper's bridges learn slower (docs/context.md)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    chosen = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
+    paper = wrap(create("resnet20"), 4, context="R1E", aux="paper", example_input=x)
+    assert all(_widest_weight_over_bound(b) <= 1.0 for b in chosen.bridges)
+    assert all(_widest_weight_over_bound(b) > 1.0 for b in paper.bridges)
