@@ -26,6 +26,15 @@ Suites (``--list`` prints them):
   the thin ones, the paper's pooled first to twice the grid, and a band a
   quarter of C wide (quick budget, 3 seeds; the second on core and on
   resnet18 at 64 px too).
+* ``losses``: R0 and R1E with weaker heads (``0c1f``, GAP -> Linear) and with
+  the supervised contrastive loss (quick budget, 3 seeds): does context help
+  more where greedy learning loses more?
+* ``c305389``: contsup at commit c305389's modules (the paper's, before the
+  fidelity fixes: PyTorch's default init, no bias on E's second conv) on this
+  yardstick (quick budget, 3 seeds).
+* ``long``: K=16 R0 and R1E, and end-to-end, trained three times as long as
+  ``quick`` (9,000 images, 12 epochs, 2 seeds): does context help more when
+  greedy learning has longer to lose information?
 
 ``--seeds`` runs other seeds of the chosen rows and adds them to the saved ones
 (``--suite core --only "K16 R0 scaled" --seeds 3 4``).
@@ -60,6 +69,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 QUICK = dict(train_images=9000, epochs=4, seeds=[0, 1])
 CORE = dict(train_images=12000, epochs=5, seeds=[0, 1, 2])
+LONG = dict(train_images=9000, epochs=12, seeds=[0, 1])
 RESNET32 = dict(model="resnet32", dataset="fashion_mnist", batch_size=128, lr=0.1)
 DECODER = [5.0, 0.0, 0.5, 1.0]  # the paper's K=16 CIFAR-10 loss scales
 RESNET18_64 = dict(model="resnet18", dataset="fashion_mnist:64", batch_size=64, lr=0.05)
@@ -68,6 +78,8 @@ RESNET18_64 = dict(model="resnet18", dataset="fashion_mnist:64", batch_size=64, 
 def register_variants() -> None:
     """The ablation's aux designs: the scaled design with one choice changed, and the
     two designs' heads and bridges crossed."""
+    from torch import nn
+
     from contsup.auxiliary import AuxDesign, paper, register_design, scaled
     from contsup.models.cifar_resnet import paper_init
 
@@ -106,6 +118,35 @@ def register_variants() -> None:
     register_design(
         AuxDesign("scaled+quarterC", quarter_bridge, scaled.build_head,
                   scaled.ReconstructionDecoder)
+    )  # fmt: skip
+
+    # contsup at c305389 (before the fidelity fixes): the paper's modules with PyTorch's
+    # default init and no bias on E's second conv (R1E's first bridge stays E alone).
+    def default_init(module):
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+                m.reset_parameters()
+        return module
+
+    def old_bridge(target, sources, image):
+        built = paper.build_bridge(target, sources, image)
+        if built.image is not None:
+            built.image[3].bias = None
+        return default_init(built)
+
+    register_design(
+        AuxDesign("paper-0.1", old_bridge,
+                  lambda *a, **k: default_init(paper.build_head(*a, **k)),
+                  paper.ReconstructionDecoder)
+    )  # fmt: skip
+    register_design(
+        AuxDesign("heads:scaled+bridges:paper-0.1", old_bridge, scaled.build_head,
+                  scaled.ReconstructionDecoder)
+    )  # fmt: skip
+    register_design(
+        AuxDesign("heads:paper-0.1+bridges:scaled", scaled.FusedBridge,
+                  lambda *a, **k: default_init(paper.build_head(*a, **k)),
+                  paper.ReconstructionDecoder)
     )  # fmt: skip
     register_design(
         AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
@@ -213,6 +254,20 @@ def suites() -> dict[str, list[dict]]:
                 "scaled+paperlike",
                 baseline="core/K16 R0 scaled",
             ),  # fmt: skip
+            *(
+                _row("core", CORE, RESNET32, f"K16 {c} paper-0.1", 16, c, "paper-0.1")
+                for c in ("R0", "R1E")
+            ),
+            # sized before it took PyTorch's default init: the same modules at 32 px.
+            _row(
+                "core",
+                CORE,
+                RESNET32,
+                "K16 R1E heads:scaled+bridges:paper",
+                16,
+                "R1E",
+                "heads:scaled+bridges:paper",
+            ),
         ],
         "quick": yardstick("quick", QUICK),
         "wide": wide,
@@ -220,6 +275,64 @@ def suites() -> dict[str, list[dict]]:
         "precision": fp32,
         "explore": explore,
         "bridges": bridges,
+        "losses": [
+            _row(
+                "losses",
+                {**QUICK, "seeds": [0, 1, 2]},
+                RESNET32,
+                f"K16 {c} scaled {tag}",
+                16,
+                c,
+                "scaled",
+                **more,
+                **({"baseline": f"losses/K16 R0 scaled {tag}"} if c == "R1E" else {}),
+            )
+            for tag, more in (("0c1f", {"head": "0c1f"}), ("contrast", {"local_loss": "contrast"}))
+            for c in ("R0", "R1E")
+        ],
+        "c305389": [
+            _row(
+                "c305389",
+                {**QUICK, "seeds": [0, 1, 2]},
+                RESNET32,
+                f"K16 {c} paper-0.1",
+                16,
+                c,
+                "paper-0.1",
+            )
+            for c in ("R0", "R1E")
+        ]
+        + [
+            _row(
+                "c305389",
+                {**QUICK, "seeds": [0, 1, 2]},
+                RESNET32,
+                "K16 R1E heads:scaled+bridges:paper-0.1",
+                16,
+                "R1E",
+                "heads:scaled+bridges:paper-0.1",
+                baseline="quick/K16 R0 scaled",
+            ),
+            _row(
+                "c305389",
+                {**QUICK, "seeds": [0, 1, 2]},
+                RESNET32,
+                "K16 R1E heads:paper-0.1+bridges:scaled",
+                16,
+                "R1E",
+                "heads:paper-0.1+bridges:scaled",
+                baseline="c305389/K16 R0 paper-0.1",
+            ),
+        ],
+        "long": [
+            _row("long", LONG, RESNET32, name, k, c, aux)
+            for name, k, c, aux in (
+                ("K16 R0 scaled", 16, "R0", "scaled"),
+                ("K16 R1E scaled", 16, "R1E", "scaled"),
+                ("K16 R1E sized", 16, "R1E", "sized"),
+                ("E2E", 1, "R0", "scaled"),
+            )
+        ],
     }
 
 
@@ -266,8 +379,8 @@ def run_row(row: dict, seed: int, work: str) -> dict:
         cuts=cuts_for(row),
         context=row["context"],
         aux=row["aux"],
-        head="1c2f",
-        local_loss="ce",
+        head=row.get("head", "1c2f"),
+        local_loss=row.get("local_loss", "ce"),
         objective="memory",
         dataset=row["dataset"],
         train_images=row["train_images"],
