@@ -44,6 +44,7 @@ from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
 from contsup.network import Carry
 from contsup.oom import StepOutOfMemory
+from contsup.optimizers import fused_step
 from contsup.peak import predict_checkpoint
 
 __all__ = ["BenchRow", "run_bench"]
@@ -122,7 +123,10 @@ def measure(
 
 
 def _sgd(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    params = list(params)
+    return torch.optim.SGD(
+        params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4, **fused_step(params)
+    )
 
 
 def _e2e_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
