@@ -52,7 +52,8 @@ __all__ = ["BenchRow", "run_bench"]
 
 @dataclass
 class BenchRow:
-    """One measured configuration; ``mode`` is ``e2e``, ``checkpoint``, ``floor`` or ``local``."""
+    """One measured configuration; ``mode`` is ``e2e``, ``checkpoint``, ``floor``, ``local``
+    or ``compiled`` (local, with each unit compiled)."""
 
     mode: str
     k: int
@@ -189,9 +190,13 @@ def run_bench(
     objective: str = "memory",
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
+    compile: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Measure e2e, checkpointed, floor (per K) and local (per K and context) training steps.
+
+    ``compile``: after each local row, a ``compiled`` row of the same configuration
+    with ``LocalLearner.compile_units`` (compiled in the warm-up steps, not timed).
 
     Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
     local learning saves (InfoPro's memory figures use memory-balanced cuts too).
@@ -229,6 +234,8 @@ def run_bench(
         runs = _local_runs(meta_model, k, meta_x, contexts, aux=aux, head=head, objective=objective)
         for mode, options, meta in runs:
             emit(bench.local(mode, k, options, meta))
+            if compile and mode == "local":
+                emit(bench.local("compiled", k, options, meta, compile=True))
     return rows
 
 
@@ -294,8 +301,12 @@ class _Bench:
         measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("checkpoint", k, None, measured, len(self.x), predicted)
 
-    def local(self, mode: str, k: int, options: dict, meta: LocalLearner) -> BenchRow:
+    def local(
+        self, mode: str, k: int, options: dict, meta: LocalLearner, compile: bool = False
+    ) -> BenchRow:
         learner = wrap(self.make_model().to(self.device), k, example_input=self.x, **options)
+        if compile:
+            learner.compile_units()
         optimizer = _sgd(learner.parameters())
         step = partial(_local_step, learner, optimizer, self.x, self.y)
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
