@@ -44,6 +44,7 @@ from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
 from contsup.network import Carry
 from contsup.oom import StepOutOfMemory
+from contsup.optimizers import fused_step
 from contsup.peak import predict_checkpoint
 
 __all__ = ["BenchRow", "run_bench"]
@@ -51,7 +52,8 @@ __all__ = ["BenchRow", "run_bench"]
 
 @dataclass
 class BenchRow:
-    """One measured configuration; ``mode`` is ``e2e``, ``checkpoint``, ``floor`` or ``local``."""
+    """One measured configuration; ``mode`` is ``e2e``, ``checkpoint``, ``floor``, ``local``
+    or ``compiled`` (local, with each unit compiled)."""
 
     mode: str
     k: int
@@ -122,7 +124,10 @@ def measure(
 
 
 def _sgd(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    params = list(params)
+    return torch.optim.SGD(
+        params, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4, **fused_step(params)
+    )
 
 
 def _e2e_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -185,9 +190,13 @@ def run_bench(
     objective: str = "memory",
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
+    compile: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Measure e2e, checkpointed, floor (per K) and local (per K and context) training steps.
+
+    ``compile``: after each local row, a ``compiled`` row of the same configuration
+    with ``LocalLearner.compile_units`` (compiled in the warm-up steps, not timed).
 
     Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
     local learning saves (InfoPro's memory figures use memory-balanced cuts too).
@@ -225,6 +234,8 @@ def run_bench(
         runs = _local_runs(meta_model, k, meta_x, contexts, aux=aux, head=head, objective=objective)
         for mode, options, meta in runs:
             emit(bench.local(mode, k, options, meta))
+            if compile and mode == "local":
+                emit(bench.local("compiled", k, options, meta, compile=True))
     return rows
 
 
@@ -290,8 +301,12 @@ class _Bench:
         measured = self._measure(step, model.parameters(), optimizer, where, predicted)
         return _row("checkpoint", k, None, measured, len(self.x), predicted)
 
-    def local(self, mode: str, k: int, options: dict, meta: LocalLearner) -> BenchRow:
+    def local(
+        self, mode: str, k: int, options: dict, meta: LocalLearner, compile: bool = False
+    ) -> BenchRow:
         learner = wrap(self.make_model().to(self.device), k, example_input=self.x, **options)
+        if compile:
+            learner.compile_units()
         optimizer = _sgd(learner.parameters())
         step = partial(_local_step, learner, optimizer, self.x, self.y)
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))

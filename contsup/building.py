@@ -121,8 +121,7 @@ def build(config: TrainConfig) -> tuple[LocalLearner, Batches, torch.device]:
     if config.channels_last:
         learner.to(memory_format=torch.channels_last)
     if config.compile:
-        for module in [*learner.segments, *learner.heads, *learner.bridges, *learner.decoders]:
-            module.compile()
+        learner.compile_units()
     return learner, data, device
 
 

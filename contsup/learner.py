@@ -104,6 +104,7 @@ class LocalLearner(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self._score = local_loss_fn(local_loss)
         self._no_weight_decay: frozenset[str] = frozenset()
+        self._unit_steps: list | None = None  # compile_units: one compiled step per unit
 
     @property
     def partition(self) -> partitioner.Partition:
@@ -270,18 +271,52 @@ class LocalLearner(nn.Module):
             carry.out = out.detach()
         return losses, correct
 
+    def compile_units(self, **options) -> None:
+        """``torch.compile`` each unit's training step (bridge, segment, head and local
+        loss) as one function, for ``local_backward`` and ``local_units``.
+
+        Example::
+
+            learner.compile_units()                  # or compile_units(mode="max-autotune")
+            step = learner.local_backward(x, y)      # compiles unit by unit on the first call
+
+        ``options`` go to ``torch.compile``. Inference (``learner(x)``) stays eager.
+        """
+        from contsup.compiling import compile_each
+
+        self._unit_steps = compile_each([self._step_of(j) for j in range(self.k)], **options)
+
+    @staticmethod
+    def _step_of(j: int):
+        """Unit ``j``'s forward as a plain function of the learner, for ``torch.compile``
+        (the learner is an argument, not captured: a deep copy runs its own modules)."""
+
+        def step(learner, x, y, previous, sources, raw):
+            return learner._unit_forward(j, x, y, previous, sources, raw)
+
+        return step
+
+    def _unit_forward(self, j: int, x, y, previous, sources, raw):
+        """Unit ``j``'s forward from the previous segment's output and the sources its
+        bridge reads: ``(loss, scores, segment output, segment input)``."""
+        h = x if j == 0 else self.bridges[j - 1](previous, sources, x)
+        out = self.segments[j](h)
+        if j == self.k - 1:
+            return F.cross_entropy(out.float(), y), out, out, h
+        scores = self.heads[j](out)
+        return self.local_loss_of(j, out, y, raw, scores), scores, out, h
+
     def _run_unit(self, j: int, x, y, carry: Carry, raw, cast):
         """Unit ``j``'s forward and local backward: its loss, scores and output."""
-        unit = self.unit(j)
+        # Everything the unit reads is detached: its bridge learns from its loss only.
+        sources = carry.sources(j - 1, x) if j else []
         with cast:
-            # Everything the unit reads is detached: its bridge learns from its loss only.
-            out = unit(x, carry, detach=True)
-            last = j == self.k - 1
-            scores = out if last else unit.head(out)
-            if last:
-                loss = F.cross_entropy(out.float(), y)
+            if self._unit_steps:
+                loss, scores, out, h = self._unit_steps[j](self, x, y, carry.out, sources, raw)
             else:
-                loss = self.local_loss_of(j, out, y, raw, scores)
+                loss, scores, out, h = self._unit_forward(j, x, y, carry.out, sources, raw)
+        if j:
+            carry.keep(h.detach())
         if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
             loss.backward()
         return loss, scores, out

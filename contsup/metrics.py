@@ -73,8 +73,14 @@ class UnitTotals:
     images: int = 0
 
     @classmethod
-    def zeros(cls, k: int) -> UnitTotals:
-        return cls(torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64))
+    def zeros(cls, k: int, device: torch.device | str | None = None) -> UnitTotals:
+        """Sums of ``k`` units at zero, on ``device`` (default: the CPU).
+
+        Example::
+
+            totals = UnitTotals.zeros(learner.k, "cuda")   # test batches add without a sync
+        """
+        return cls(*(torch.zeros(k, dtype=torch.float64, device=device) for _ in range(2)))
 
     def add(self, step: StageStep, images: int) -> None:
         """Add one step of this rank's units; ``images``: the whole batch, all replicas'."""
@@ -99,10 +105,12 @@ class UnitTotals:
 
     def score(self, unit: int, scores: torch.Tensor, y: torch.Tensor) -> None:
         """Add a test batch of unit ``unit``: its summed cross-entropy and correct answers
-        (count the batch's images with ``images``)."""
+        (count the batch's images with ``images``). Sums on the scores' device stay
+        there: no host sync per unit and batch, only in ``means``."""
         loss = torch.nn.functional.cross_entropy(scores.float(), y, reduction="sum")
-        self.losses[unit] += loss.item()
-        self.correct[unit] += (scores.argmax(1) == y).sum().item()
+        # In float64, as the host's float sum was: the same sums, bit for bit.
+        self.losses[unit] += loss.to(self.losses.device)
+        self.correct[unit] += (scores.argmax(1) == y).sum().to(self.correct.device)
 
     def means(self, pipe: Pipeline) -> UnitMeans:
         """Every unit's means over all ranks' images (each rank sums its own units)."""

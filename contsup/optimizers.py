@@ -20,7 +20,13 @@ from torch import nn
 
 from contsup.errors import ConfigError
 
-__all__ = ["PAPER_OPTIMIZER", "check_optimizer", "make_optimizer", "weight_decay_groups"]
+__all__ = [
+    "PAPER_OPTIMIZER",
+    "check_optimizer",
+    "fused_step",
+    "make_optimizer",
+    "weight_decay_groups",
+]
 
 PAPER_OPTIMIZER = "sgd"
 
@@ -73,6 +79,26 @@ def weight_decay_groups(
     ]
 
 
+def fused_step(params: Sequence[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` where torch has a fused step for every parameter's device and
+    dtype (CUDA, CPU, ...), else ``{}``: the keyword arguments of a torch optimizer
+    (SGD, Adam, AdamW) that step all its parameters in a few kernels, not one loop per tensor.
+
+    Example::
+
+        torch.optim.SGD(params, lr=0.1, momentum=0.9, **fused_step(params))
+
+    torch's own default steps parameter by parameter on the CPU, and with ``foreach``
+    on CUDA; the fused step gives the loop's values within float rounding (it fuses
+    multiply-adds), so a run's numbers move in the last bits, not more.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    fusable = all(p.device.type in devices and p.is_floating_point() for p in params)
+    return {"fused": True} if params and fusable else {}
+
+
 def make_optimizer(
     name: str,
     named_parameters: Sequence[tuple[str, nn.Parameter]],
@@ -96,13 +122,15 @@ def make_optimizer(
     ``LocalLearner.no_weight_decay()`` gives them.
     """
     check_optimizer(name)
+    params = [p for _, p in named_parameters]
     if name == PAPER_OPTIMIZER:
         return torch.optim.SGD(
-            [p for _, p in named_parameters],
+            params,
             lr=lr,
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
+            **fused_step(params),
         )
     import inspect
 
@@ -115,6 +143,8 @@ def make_optimizer(
         # LAMB clips by the norm of every gradient it steps: that would couple the
         # gradient-isolated segments, and a pipeline stage sees only its own gradients.
         options["max_grad_norm"] = None
+    if "fused" in accepted:  # torch's SGD, Adam, AdamW under timm's names; timm's own
+        options.update(fused_step(params))  # (LAMB, Lion) take foreach by themselves
     return create_optimizer_v2(
         groups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum, **options
     )

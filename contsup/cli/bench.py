@@ -36,6 +36,9 @@ def bench(
     objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
     aux: Annotated[str, typer.Option(help="aux design: scaled | sized | paper")] = "scaled",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="also each local row with every unit compiled")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="last stdout line is one JSON object")
     ] = False,
@@ -84,6 +87,7 @@ def bench(
                 objective=objective,
                 aux=aux,
                 head=head,
+                compile=compile,
                 on_row=on_row,
             )
         except StepOutOfMemory as error:

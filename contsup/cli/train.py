@@ -92,7 +92,8 @@ def train(
         bool | None, typer.Option("--channels-last", help="NHWC memory")
     ] = None,
     compile: Annotated[
-        bool | None, typer.Option("--compile", help="torch.compile each part")
+        bool | None,
+        typer.Option("--compile", help="torch.compile each unit (bridge, segment, head)"),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="where datasets live")] = None,
     download: Annotated[bool | None, typer.Option("--download", help="fetch missing data")] = None,

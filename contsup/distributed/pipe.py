@@ -177,8 +177,11 @@ class Pipeline:
             unit_losses, unit_correct = self.learner.local_units(
                 part.x, part.y, carry, units.start, units.stop, raw=part.raw, autocast=autocast
             )
-            losses = torch.stack(unit_losses).tolist()
-            correct = torch.stack(unit_correct).tolist()
+            # One host sync per step: losses and counts read together (counts are exact
+            # in float64, and float32 losses too).
+            read = torch.cat([torch.stack(unit_losses).double(), torch.stack(unit_correct)])
+            values = read.tolist()
+            losses, correct = values[: len(units)], [int(c) for c in values[len(units) :]]
             self.computing += time.perf_counter() - started
             self.outbox.send(carry, self.needs_after.sent(part, self.learner))
             logits = carry.out if self.last else None
@@ -209,7 +212,7 @@ class Pipeline:
         learner = self.learner
         with_heads = learner.local_loss == "ce"
         needs_after = replace(self.needs_after, raw=False)  # no decoder runs in evaluation
-        totals = UnitTotals.zeros(learner.k)
+        totals = UnitTotals.zeros(learner.k, self.device)
         learner.eval()
         self.data_parallel.broadcast_buffers(self.owned.buffers())
         with torch.no_grad():

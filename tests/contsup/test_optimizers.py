@@ -64,3 +64,29 @@ def test_lamb_does_not_clip_by_a_norm_over_every_segment():
     assert optimizer.defaults["max_grad_norm"] is None
     assert "max_grad_norm" not in make_optimizer("adamw", list(learner.named_parameters()),
                                                  **SETTINGS).defaults  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "nesterov"])
+def test_torchs_optimizers_step_fused_with_the_loops_values(name):
+    """One fused kernel per step, not a loop over tensors: the loop's values to rounding."""
+    learner = contsup.wrap(create("resnet20", num_classes=10), k=2, context="R1E")
+    named = list(learner.named_parameters())
+    for p in learner.parameters():
+        p.grad = torch.randn_like(p)
+    fused = make_optimizer(name, named, **SETTINGS)
+    assert all(group["fused"] for group in fused.param_groups)
+    start = [p.detach().clone() for p in learner.parameters()]
+    for _ in range(3):
+        fused.step()
+    after = [p.detach().clone() for p in learner.parameters()]
+    with torch.no_grad():
+        for p, value in zip(learner.parameters(), start):
+            p.copy_(value)
+    groups = [
+        {k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in fused.param_groups
+    ]
+    loop = type(fused)(groups, fused=False, foreach=False)
+    for _ in range(3):
+        loop.step()
+    for p, value in zip(learner.parameters(), after):
+        torch.testing.assert_close(p, value)
