@@ -39,6 +39,7 @@ import partitioner
 from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.memory import SavedTensorTracker
+from contsup.meta_ops import MemoizedMetaOps
 from contsup.network import Carry
 
 __all__ = [
@@ -127,29 +128,40 @@ def predict_step(
     ``x`` and ``y`` meta tensors of the batch. ``amp`` is None or ``bf16``;
     ``device`` ``cpu`` or ``cuda`` (which adds ``CUDA_MARGIN``).
     """
-    params = list(meta.parameters())
-    static = training_state_bytes(params, optimizer)
+    static = training_state_bytes(list(meta.parameters()), optimizer)
+    with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
+        best = _peak_unit(meta, x, y, static, amp)
+    margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
+    return StepPeak(best.static, best.saved, best.kept, best.transient, margin, best.unit)
+
+
+def _peak_unit(
+    meta: LocalLearner, x: torch.Tensor, y: torch.Tensor, static: int, amp: str | None
+) -> StepPeak:
+    """The peak of the unit where the step peaks, walked as ``local_backward`` runs
+    (no margin)."""
     carry = Carry(meta.context)
     best = StepPeak(static, 0)
     for k in range(meta.k):
         unit = meta.unit(k)
         held = [t for t in [carry.out, *carry.inputs] if t is not None]
-        with SavedTensorTracker(params) as tracker, _LargestOutput() as largest:
+        # The unit's own parameters are all its ops can save (the learner's whole
+        # list, looked up once per unit, would cost more than the walk at large K).
+        weights = [p for m in unit.modules() for p in m.parameters()]
+        with SavedTensorTracker(weights, forward_only=True) as tracker, _LargestOutput() as largest:
             out = unit(x, carry, detach=True)
             last = k == meta.k - 1
             loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
             saved_keys = set(tracker.live)
         saved = tracker.peak_bytes
         if amp is not None:
-            weights = _nbytes(p for m in unit.modules() for p in m.parameters())
-            saved = saved // 2 + weights // 2
+            saved = saved // 2 + _nbytes(weights) // 2
         kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
         if saved + kept + 2 * largest.largest > best.saved + best.kept + best.transient:
             best = StepPeak(static, saved, kept, 2 * largest.largest, unit=k)
         del loss
         carry.out = out.detach()
-    margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
-    return StepPeak(best.static, best.saved, best.kept, best.transient, margin, best.unit)
+    return best
 
 
 def predict_checkpoint(
