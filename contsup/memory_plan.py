@@ -194,6 +194,7 @@ class _Planner:
     amp: str | None
     device: str
     peaks: dict[int, StepPeak | None] = field(default_factory=dict)
+    units: dict = field(default_factory=dict)  # predict_step's prices of the units walked
     # Only the last learner is kept: the search ends on the one it chose, and
     # every K's fx graphs kept alive would slow Python's garbage collector.
     last: tuple[int, LocalLearner] | None = None
@@ -205,8 +206,10 @@ class _Planner:
 
     def predict(self, learner: LocalLearner, x: torch.Tensor) -> StepPeak:
         y = torch.zeros(x.shape[0], dtype=torch.long, device="meta")
+        # Units recur from K to K (the same cuts around them): each is walked once.
+        units = self.units if x is self.x else None
         return predict_step(
-            learner, x, y, optimizer=self.optimizer, amp=self.amp, device=self.device
+            learner, x, y, optimizer=self.optimizer, amp=self.amp, device=self.device, units=units
         )
 
     def peak(self, k: int) -> StepPeak | None:
