@@ -62,7 +62,7 @@ _MAX_BATCH = 1 << 20  # no search for a batch beyond this
 
 class BudgetTooSmallError(ContsupError):
     """No number of segments fits the model's training step into the budget;
-    ``least_bytes``: the least any K tried needs (None below the floor, where none is tried).
+    ``least_bytes``: the least any K needs (None below the floor, where none is tried).
     """
 
     def __init__(self, message: str, least_bytes: int | None = None):
