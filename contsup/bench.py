@@ -167,7 +167,7 @@ def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
     steps = []
     for k in range(meta.k):
         unit = meta.unit(k)
-        with SavedTensorTracker(meta.parameters()) as tracker:
+        with SavedTensorTracker(meta.parameters(), forward_only=True) as tracker:
             out = unit(x, carry, detach=True)
             last = k == meta.k - 1
             loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)

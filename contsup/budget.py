@@ -11,6 +11,7 @@ and ``aux_budget`` reports them next to the backbone's (``contsup split
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from contsup.auxiliary import AuxConfig, BoundaryTooNarrowError
 from contsup.context import gather_sources
 from contsup.geometry import Geometry, LayoutError, geometry_of
 from contsup.memory import SavedTensorTracker
+from contsup.meta_ops import MemoizedMetaOps
 from partitioner.cost import count_flops
 
 STATIC_COPIES = 3  # a parameter, its gradient and SGD's momentum buffer
@@ -70,12 +72,14 @@ def _measure(module: nn.Module, *args, owned: Sequence[torch.Tensor] = ()) -> Au
     ``owned`` are inputs whose storage the segment already holds (not counted).
     """
     params = list(module.parameters())
-    with SavedTensorTracker([*params, *owned]) as tracker:
-        module(*args)
+    with MemoizedMetaOps():  # every cut candidate's head runs the same norms
+        with SavedTensorTracker([*params, *owned], forward_only=True) as tracker:
+            module(*args)
+        flops = count_flops(module, *args)
     return AuxCost(
         params=sum(p.numel() for p in params),
         param_bytes=sum(p.numel() * p.element_size() for p in params),
-        flops=count_flops(module, *args),
+        flops=flops,
         saved_bytes=tracker.peak_bytes,
     )
 
@@ -102,7 +106,15 @@ def aux_costs(
 
     The head (and decoder) read the segment's output, which the segment holds, so
     its storage is not counted; the bridge's inputs are detached, as in training.
+    Results are remembered: balancing prices the same few shapes at every K tried.
     """
+    return _aux_costs(config, target, tuple(sources), batch)
+
+
+@functools.lru_cache(maxsize=4096)
+def _aux_costs(
+    config: AuxConfig, target: Geometry, sources: tuple[Geometry, ...], batch: int
+) -> tuple[AuxCost, AuxCost]:
     if batch == 1:  # batch norm refuses to train on one value; costs are per sample
         head, bridge = aux_costs(config, target, sources, 2)
         return head.halved(), bridge.halved()

@@ -453,10 +453,16 @@ def wrap(
             raise ConfigError("context supply needs single-tensor boundaries")
     geometries = [geometry_of(b.tensors[0], model) for b in part.boundaries]
     heads, decoders, bridges = [], [], []
+    device = x.device if x.device.type != "meta" else next(model.parameters()).device
+    # A meta model (a planner's) gets its heads and bridges made on the meta device:
+    # initialising weights on the CPU only to drop them costs more than the rest of
+    # wrap. Others are made on the CPU and moved, so seeded runs keep their weights.
+    making = torch.device("meta") if device.type == "meta" else nullcontext()
     for i, target in enumerate(geometries):
-        head_module, decoder_module, bridge = config.modules_at(
-            target, gather_sources(i, mode, geometries, image)
-        )
+        with making:
+            head_module, decoder_module, bridge = config.modules_at(
+                target, gather_sources(i, mode, geometries, image)
+            )
         heads.append(head_module)
         bridges.append(bridge)
         if decoder_module is not None:
@@ -477,7 +483,6 @@ def wrap(
         std=_per_channel(cfg.get("std"), channels),
     )
     learner._no_weight_decay = _no_weight_decay(model, learner)
-    device = x.device if x.device.type != "meta" else next(model.parameters()).device
     return learner.to(device)
 
 

@@ -19,7 +19,9 @@ __all__ = ["PeakMemory", "SavedTensorTracker"]
 class _Held:
     __slots__ = ("tensor", "tracker", "key")
 
-    def __init__(self, tensor: torch.Tensor, tracker: SavedTensorTracker, key: int):
+    def __init__(
+        self, tensor: torch.Tensor | torch.UntypedStorage, tracker: SavedTensorTracker, key: int
+    ):
         self.tensor, self.tracker, self.key = tensor, tracker, key
 
     def __del__(self):
@@ -37,10 +39,16 @@ class SavedTensorTracker:
 
     Args:
         exclude: tensors (usually parameters) whose storages are not counted.
+        forward_only: no backward will run (a prediction on the meta device): keep
+            each saved tensor's storage, not the tensor. A saved output tensor would
+            otherwise hold its own graph through autograd's C++ side, a cycle Python's
+            garbage collector cannot see, so no graph of the block would ever die.
+            (The storage must stay alive: a freed one's key can be reused by the next.)
     """
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+    def __init__(self, exclude: Iterable[torch.Tensor] = (), *, forward_only: bool = False):
         self.excluded = {t.untyped_storage()._cdata for t in exclude}
+        self.forward_only = forward_only
         self.live: dict[int, list[int]] = {}  # storage key -> [bytes, holders]
         self.current_bytes = 0
         self.peak_bytes = 0
@@ -56,7 +64,7 @@ class SavedTensorTracker:
             self.current_bytes += entry[0]
             self.peak_bytes = max(self.peak_bytes, self.current_bytes)
         entry[1] += 1
-        return _Held(tensor, self, key)
+        return _Held(tensor.untyped_storage() if self.forward_only else tensor, self, key)
 
     @staticmethod
     def _unpack(packed):

@@ -12,13 +12,15 @@ Example::
 
 Accuracy falls as K grows, so the plan takes the smallest K that fits; its cuts
 balance the bytes each segment saves for backward (objective ``memory``, heads
-and bridges counted). The search assumes the peak falls as K grows (it doubles K
-until one fits, then bisects), which memory-balanced cuts make nearly true.
+and bridges counted). The peak is not monotonic in K, so the search prices every K
+from 1 up and stops at the first that fits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -60,7 +62,7 @@ _MAX_BATCH = 1 << 20  # no search for a batch beyond this
 
 class BudgetTooSmallError(ContsupError):
     """No number of segments fits the model's training step into the budget;
-    ``least_bytes``: the least any K tried needs (None below the floor, where none is tried).
+    ``least_bytes``: the least any K needs (None below the floor, where none is tried).
     """
 
     def __init__(self, message: str, least_bytes: int | None = None):
@@ -183,7 +185,7 @@ def uncalibrated(device: str, amp: str | None) -> list[str]:
 
 @dataclass
 class _Planner:
-    """Predicts peaks of one model at one batch; caches each K's learner and peak."""
+    """Predicts peaks of one model at one batch; prices each K once."""
 
     net: nn.Module
     x: torch.Tensor
@@ -191,7 +193,11 @@ class _Planner:
     optimizer: str
     amp: str | None
     device: str
-    cache: dict[int, tuple[LocalLearner, StepPeak] | None] = field(default_factory=dict)
+    peaks: dict[int, StepPeak | None] = field(default_factory=dict)
+    units: dict = field(default_factory=dict)  # predict_step's prices of the units walked
+    # Only the last learner is kept: the search ends on the one it chose, and
+    # every K's fx graphs kept alive would slow Python's garbage collector.
+    last: tuple[int, LocalLearner] | None = None
 
     @cached_property
     def analysis(self) -> partitioner.Analysis:
@@ -200,28 +206,38 @@ class _Planner:
 
     def predict(self, learner: LocalLearner, x: torch.Tensor) -> StepPeak:
         y = torch.zeros(x.shape[0], dtype=torch.long, device="meta")
+        # Units recur from K to K (the same cuts around them): each is walked once.
+        units = self.units if x is self.x else None
         return predict_step(
-            learner, x, y, optimizer=self.optimizer, amp=self.amp, device=self.device
+            learner, x, y, optimizer=self.optimizer, amp=self.amp, device=self.device, units=units
         )
 
-    def at(self, k: int) -> tuple[LocalLearner, StepPeak] | None:
-        """The memory-balanced learner at ``k`` and its peak; None if it cannot be cut so."""
-        if k not in self.cache:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", partitioner.PartitionWarning)
-                    learner = wrap(
-                        self.net,
-                        k,
-                        objective="memory",
-                        example_input=self.x,
-                        analysis=self.analysis,
-                        **self.options,
-                    )
-                self.cache[k] = (learner, self.predict(learner, self.x))
-            except (ContsupError, partitioner.PartitionError):
-                self.cache[k] = None
-        return self.cache[k]
+    def peak(self, k: int) -> StepPeak | None:
+        """The predicted peak at ``k`` memory-balanced segments; None if it cannot be cut so."""
+        if k not in self.peaks:
+            learner = self.learner(k)
+            self.peaks[k] = None if learner is None else self.predict(learner, self.x)
+        return self.peaks[k]
+
+    def learner(self, k: int) -> LocalLearner | None:
+        """The memory-balanced learner at ``k``; None if it cannot be cut so."""
+        if self.last is not None and self.last[0] == k:
+            return self.last[1]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", partitioner.PartitionWarning)
+                learner = wrap(
+                    self.net,
+                    k,
+                    objective="memory",
+                    example_input=self.x,
+                    analysis=self.analysis,
+                    **self.options,
+                )
+        except (ContsupError, partitioner.PartitionError):
+            return None
+        self.last = (k, learner)
+        return learner
 
     def at_batch(self, learner: LocalLearner, batch: int) -> StepPeak:
         """The peak at ``learner``'s cuts with another batch size."""
@@ -287,9 +303,10 @@ def plan(
             f"{format_bytes(budget)} is below the floor of {format_bytes(floor)} for {where}: "
             f"{piece}; lower the batch size or raise the memory"
         )
-    k = _smallest_k(planner, budget, analysis.max_k, where, floor)
-    learner, peak = planner.at(k)
-    e2e = planner.at(1)[1] if planner.at(1) is not None else peak
+    with _old_objects_set_aside():
+        k = _smallest_k(planner, budget, analysis.max_k, where, floor)
+    learner, peak = planner.learner(k), planner.peak(k)
+    e2e = planner.peak(1) or peak
     checkpoint = predict_checkpoint(
         learner.partition, x, optimizer=optimizer, device=device, transient=e2e.transient
     )
@@ -368,31 +385,44 @@ def _floor(
     return floor, piece
 
 
+@contextlib.contextmanager
+def _old_objects_set_aside():
+    """Set the objects alive now aside from Python's garbage collector for a while.
+
+    A full collection walks every live object (torch and timm bring some 400,000),
+    and building learner after learner sets one off every few K: most of a long
+    search's time, otherwise. Left alone where the caller already froze some.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _smallest_k(planner: _Planner, budget: int, max_k: int, where: str, floor: int) -> int:
-    """Double K until a step fits, then bisect down to the smallest K that fits."""
+    """The smallest K whose predicted peak fits: every K from 1 up, in order.
 
-    def fits(k: int) -> bool:
-        result = planner.at(k)
-        return result is not None and result[1].total <= budget
-
-    if fits(1):
-        return 1
-    low, high = 1, 2
-    while not fits(high):
-        if high >= max_k:
-            tried = {k: r[1].total for k, r in planner.cache.items() if r is not None}
-            best = min(tried, key=tried.__getitem__)
-            raise BudgetTooSmallError(
-                f"no K fits {where} into {format_bytes(budget)}: the least any K tried needs "
-                f"is {format_bytes(tried[best])}, at K={best} (heads and bridges on top of the "
-                f"floor of {format_bytes(floor)}); lower the batch size or raise the memory",
-                least_bytes=tried[best],
-            )
-        low, high = high, min(2 * high, max_k)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if fits(middle) else (middle, high)
-    return high
+    The peak is not monotonic in K (memory-balanced cuts of K+1 segments may put a
+    larger head or an earlier boundary in the unit that peaks), so no K is skipped.
+    """
+    for k in range(1, max_k + 1):
+        peak = planner.peak(k)
+        if peak is not None and peak.total <= budget:
+            return k
+    tried = {k: p.total for k, p in planner.peaks.items() if p is not None}
+    if not tried:
+        raise BudgetTooSmallError(f"no K can be cut with heads and bridges for {where}")
+    best = min(tried, key=tried.__getitem__)
+    raise BudgetTooSmallError(
+        f"no K fits {where} into {format_bytes(budget)}: the least any K needs is "
+        f"{format_bytes(tried[best])}, at K={best} (heads and bridges on top of the floor of "
+        f"{format_bytes(floor)}); lower the batch size or raise the memory",
+        least_bytes=tried[best],
+    )
 
 
 def _largest_batch(planner: _Planner, learner: LocalLearner, peak: StepPeak, budget: int) -> int:

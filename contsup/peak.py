@@ -39,6 +39,7 @@ import partitioner
 from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.memory import SavedTensorTracker
+from contsup.meta_ops import MemoizedMetaOps
 from contsup.network import Carry
 
 __all__ = [
@@ -107,6 +108,18 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
+@dataclass(frozen=True)
+class _UnitPrice:
+    """What one unit adds at its peak, and the shapes it leaves in the carry."""
+
+    saved: int
+    kept: int
+    transient: int
+    out: tuple  # (shape, stride, dtype) of the segment's output
+    bridged: bool  # whether a bridge ran (and left its output in the carry)
+    kept_input: tuple | None  # the bridge's output, None if no later bridge reads it
+
+
 def predict_step(
     meta: LocalLearner,
     x: torch.Tensor,
@@ -115,6 +128,7 @@ def predict_step(
     optimizer: str = "sgd",
     amp: str | None = None,
     device: str = "cpu",
+    units: dict | None = None,
 ) -> StepPeak:
     """The peak of one ``local_backward`` step and the optimizer step after it.
 
@@ -126,30 +140,80 @@ def predict_step(
     ``meta`` is a learner built on the meta device (K=1 is end-to-end training);
     ``x`` and ``y`` meta tensors of the batch. ``amp`` is None or ``bf16``;
     ``device`` ``cpu`` or ``cuda`` (which adds ``CUDA_MARGIN``).
+
+    ``units``: a dict this fills and reads, pricing each unit by what decides its
+    price (its segment's cuts and the boundaries its carry holds), so that a planner
+    walking many K of one model walks each distinct unit once. Share one only
+    between learners ``wrap`` built from one model, input, ``amp`` and aux options.
     """
-    params = list(meta.parameters())
-    static = training_state_bytes(params, optimizer)
-    carry = Carry(meta.context)
-    best = StepPeak(static, 0)
-    for k in range(meta.k):
-        unit = meta.unit(k)
-        held = [t for t in [carry.out, *carry.inputs] if t is not None]
-        with SavedTensorTracker(params) as tracker, _LargestOutput() as largest:
-            out = unit(x, carry, detach=True)
-            last = k == meta.k - 1
-            loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
-            saved_keys = set(tracker.live)
-        saved = tracker.peak_bytes
-        if amp is not None:
-            weights = _nbytes(p for m in unit.modules() for p in m.parameters())
-            saved = saved // 2 + weights // 2
-        kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
-        if saved + kept + 2 * largest.largest > best.saved + best.kept + best.transient:
-            best = StepPeak(static, saved, kept, 2 * largest.largest, unit=k)
-        del loss
-        carry.out = out.detach()
+    static = training_state_bytes(list(meta.parameters()), optimizer)
+    with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
+        best = _peak_unit(meta, x, y, static, amp, {} if units is None else units)
     margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
     return StepPeak(best.static, best.saved, best.kept, best.transient, margin, best.unit)
+
+
+def _peak_unit(
+    meta: LocalLearner, x: torch.Tensor, y: torch.Tensor, static: int, amp: str | None, units
+) -> StepPeak:
+    """The peak of the unit where the step peaks, walked as ``local_backward`` runs
+    (no margin)."""
+    carry = Carry(meta.context)
+    cuts = [tuple(t.node for t in b.tensors) for b in meta.partition.boundaries]
+    recent = meta.context.recent
+    best = StepPeak(static, 0)
+    for k in range(meta.k):
+        # Unit k reads boundary k-1 and the `recent` boundary inputs before it, and
+        # its segment ends at boundary k (the last at the model's end).
+        key = (tuple(cuts[max(0, k - 1 - recent) : k + 1]), k == meta.k - 1)
+        if key not in units:
+            units[key] = _price_unit(meta, k, x, y, carry, amp)
+        price = units[key]
+        if price.bridged:
+            carry.keep(_empty(price.kept_input) if price.kept_input is not None else None)
+        carry.out = _empty(price.out)
+        if price.saved + price.kept + price.transient > best.saved + best.kept + best.transient:
+            best = StepPeak(static, price.saved, price.kept, price.transient, unit=k)
+    return best
+
+
+def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, amp: str | None) -> _UnitPrice:
+    """Unit ``k`` walked forward from ``carry`` (left as it was: the caller moves it on)."""
+    unit = meta.unit(k)
+    held = [t for t in [carry.out, *carry.inputs] if t is not None]
+    walk = Carry(carry.mode, carry.out, list(carry.inputs))
+    # The unit's own parameters are all its ops can save (the learner's whole list,
+    # looked up once per unit, would cost more than the walk at large K).
+    weights = [p for m in unit.modules() for p in m.parameters()]
+    with SavedTensorTracker(weights, forward_only=True) as tracker, _LargestOutput() as largest:
+        out = unit(x, walk, detach=True)
+        last = k == meta.k - 1
+        loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
+        saved_keys = set(tracker.live)
+    saved = tracker.peak_bytes
+    if amp is not None:
+        saved = saved // 2 + _nbytes(weights) // 2
+    kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
+    del loss
+    bridged = unit.bridge is not None
+    kept_input = walk.inputs[-1] if bridged else None
+    return _UnitPrice(
+        saved,
+        kept,
+        2 * largest.largest,
+        _layout(out),
+        bridged,
+        _layout(kept_input) if kept_input is not None else None,
+    )
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), t.stride(), t.dtype
+
+
+def _empty(layout: tuple) -> torch.Tensor:
+    shape, stride, dtype = layout
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
 
 
 def predict_checkpoint(

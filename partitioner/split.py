@@ -152,7 +152,8 @@ class Segment(nn.Module):
         for path in sorted(paths, key=lambda p: p.count(".")):
             _copy_attr(model, self, path)
         self._graphs = {True: train_graph, False: eval_graph}
-        self._forwards = {mode: _compile(g) for mode, g in self._graphs.items()}
+        # Compiled on first use: a planner pricing many K never runs one in eval mode.
+        self._forwards: dict[bool, Callable] = {}
 
     def _adopt(self, model: nn.Module, path: str) -> None:
         """Take ownership of a parameter or buffer that no graph node uses."""
@@ -164,7 +165,10 @@ class Segment(nn.Module):
         return self._graphs[mode].python_code(root_module="self").src
 
     def forward(self, *inputs: torch.Tensor) -> Any:
-        return self._forwards[self.training](self, *inputs)
+        forward = self._forwards.get(self.training)
+        if forward is None:
+            forward = self._forwards[self.training] = _compile(self._graphs[self.training])
+        return forward(self, *inputs)
 
     def __getstate__(self) -> dict:
         # Compiled functions do not pickle; the graphs do, and are compiled again on load.
@@ -174,7 +178,7 @@ class Segment(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._forwards = {mode: _compile(g) for mode, g in self._graphs.items()}
+        self._forwards = {}
 
 
 def assign_ownership(model: nn.Module, segments: Sequence[Segment]) -> None:

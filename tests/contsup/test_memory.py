@@ -36,3 +36,17 @@ def test_dropping_the_output_releases_without_backward():
         assert tracker.current_bytes == 2 * 3 * 8 * 8 * 4
         del out
         assert tracker.current_bytes == 0
+
+
+def test_a_forward_only_walk_lets_go_of_a_graph_that_saved_its_own_output():
+    # ReLU saves its output: a tracker holding that tensor would hold the graph that
+    # holds the tracker's holder, a cycle through autograd that never dies.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU()).to("meta")
+    x = torch.empty(3, 4, device="meta")
+    seen = {}
+    for forward_only in (False, True):
+        with SavedTensorTracker(model.parameters(), forward_only=forward_only) as tracker:
+            model(x)  # the output is dropped at once
+        seen[forward_only] = tracker
+    assert seen[True].peak_bytes == seen[False].peak_bytes == 3 * 4 * 4 + 3 * 8 * 4
+    assert seen[True].current_bytes == 0

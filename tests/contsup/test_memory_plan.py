@@ -10,7 +10,8 @@ from contsup.building import build_learner, plan_cuts
 from contsup.config import TrainConfig
 from contsup.data import parse_dataset
 from contsup.errors import ConfigError
-from contsup.memory_plan import BudgetTooSmallError, parse_memory, predict_run
+from contsup.memory_plan import BudgetTooSmallError, _smallest_k, parse_memory, predict_run
+from contsup.peak import StepPeak
 
 BATCH = 32
 SIZE = (3, 32, 32)
@@ -148,3 +149,34 @@ def test_the_planned_step_measured_on_the_cpu_fits_the_budget(tight):
     peak, _, static, _ = measure(step, params, optimizer, cpu, (x, y), steps=1)
     assert static == tight.peak.static
     assert peak <= tight.peak.total <= tight.memory_bytes
+
+
+class _FakePlanner:
+    """Peaks by K, not monotonic: more segments may peak higher (a larger head or an
+    earlier boundary in the unit that peaks)."""
+
+    def __init__(self, totals):
+        self.totals = totals
+        self.peaks = {}
+
+    def peak(self, k):
+        self.peaks[k] = StepPeak(static=self.totals[k], saved=0)
+        return self.peaks[k]
+
+
+NOT_MONOTONIC = {1: 100, 2: 80, 3: 50, 4: 60, 5: 40, 6: 45}
+
+
+def test_the_search_finds_the_smallest_k_that_fits_where_the_peak_is_not_monotonic():
+    planner = _FakePlanner(NOT_MONOTONIC)
+    assert _smallest_k(planner, 55, max_k=6, where="a model", floor=10) == 3
+    assert _smallest_k(planner, 42, max_k=6, where="a model", floor=10) == 5
+    assert 6 not in planner.peaks  # it stops at the first K that fits
+
+
+def test_a_budget_no_k_meets_names_the_least_of_every_k():
+    planner = _FakePlanner({**NOT_MONOTONIC, 3: 35, 5: 70})
+    with pytest.raises(BudgetTooSmallError) as error:
+        _smallest_k(planner, 30, max_k=6, where="a model", floor=10)
+    assert error.value.least_bytes == 35 and "at K=3" in str(error.value)
+    assert sorted(planner.peaks) == [1, 2, 3, 4, 5, 6]
