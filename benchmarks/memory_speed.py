@@ -4,7 +4,7 @@ Settings (``--list`` prints them):
 
 * ``timm``: nine timm families at 224 px, batch 32, cuts balanced by memory,
   K=4 and a deep K (16 for CNNs; as many as the blocks allow for token models),
-  R1 and R1E with the default ``scaled`` aux design. Each model is one
+  R1 and R1E with the default aux design. Each model is one
   ``contsup bench`` run: e2e, checkpointing, the floor (R0 with a GAP+Linear
   head at the same cuts) and the context rows.
 * ``cifar``: the paper's scale: resnet32 K=16 at batch 128 and resnet110 K=16 at

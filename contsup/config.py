@@ -34,7 +34,7 @@ class TrainConfig:
     model: str = field(default="resnet32", metadata=_MODEL)
     k: int = field(default=4, metadata=_IDENTITY)
     context: str = field(default="E", metadata=_MODEL)
-    aux: str = field(default="scaled", metadata=_MODEL)
+    aux: str = field(default="sized", metadata=_MODEL)
     head: str = field(default="1c2f", metadata=_MODEL)
     local_loss: str = field(default="ce", metadata=_MODEL)
     decoder: list[float] | None = field(default=None, metadata=_MODEL)

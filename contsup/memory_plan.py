@@ -253,7 +253,7 @@ def plan(
     batch_size: int,
     input_size: tuple[int, int, int] | None = None,
     context: str = "E",
-    aux: str = "scaled",
+    aux: str = "sized",
     head: str = "1c2f",
     optimizer: str = "sgd",
     amp: str | None = None,

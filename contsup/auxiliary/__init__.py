@@ -5,16 +5,17 @@ A design turns a boundary's ``Geometry`` into modules; the learner does the rest
 
 * ``paper``: the reference implementation's modules, exactly (docs/paper.md).
   Built for 32 px CIFAR: full-resolution encoders and heads as wide as the network.
-* ``scaled``: the default. Pools to the boundary's grid before anything learned runs,
+* ``scaled``: thin. Pools to the boundary's grid before anything learned runs,
   keeps widths small and fixed, and uses LayerNorm + token mean on token
   layouts, so heads and bridges stay a small fraction of the backbone at 224 px.
-* ``sized``: ``scaled``'s heads; each bridge is the paper's where that saves at
-  most 1 MiB per image for backward (every bridge at 32 px), and ``scaled``'s
-  where it would not (at 224 px, every bridge that reads the image).
+* ``sized``: the default. ``scaled``'s heads; each bridge is the paper's where
+  that saves at most 1 MiB per image for backward (every bridge at 32 px), and
+  ``scaled``'s thin one where it would not (at 224 px, every bridge that reads
+  the image).
 
 Example::
 
-    design = get_design("scaled")
+    design = get_design("sized")
     head = design.head("1c2f", Geometry("NCHW", 256, 56, 56), out_features=10, width=2048)
 """
 

@@ -1,8 +1,8 @@
-"""Aux modules that stay small at any input size: the default design.
+"""Aux modules that stay small at any input size: the thin design.
 
-``sized`` (``contsup.auxiliary.sized``) uses these heads everywhere, and these
-bridges where the paper's would cost too much (at 224 px: every bridge that
-reads the image).
+The default design, ``sized`` (``contsup.auxiliary.sized``), uses these heads
+everywhere, and these bridges where the paper's would cost too much (at 224 px:
+every bridge that reads the image).
 
 The paper's modules (``contsup.auxiliary.paper``) were built for 32 px: the ``E``
 encoder runs two 3x3 convs on the full-resolution image, ``Rn`` encoders a

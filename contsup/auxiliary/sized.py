@@ -1,4 +1,4 @@
-"""Aux design ``sized``: the paper's bridges where they are cheap, thin ones where not.
+"""The default aux design: the paper's bridges where they are cheap, thin ones where not.
 
 The paper's bridges run their encoders at full resolution and add their
 BatchNorm-ed output to every channel of the boundary. Built with PyTorch's
@@ -11,8 +11,9 @@ what the paper's would save, per image:
 * **the paper's bridge** (``contsup.auxiliary.paper``, PyTorch's default init)
   where it saves at most ``RICH_LIMIT`` values per image for backward (1 MiB in
   float32): every bridge of a network on 32 px images;
-* **``scaled``'s thin bridge** elsewhere: at 224 px every bridge that reads the
-  image, so the 224 px memory goals hold as with ``scaled``.
+* **``scaled``'s thin bridge** elsewhere: a 16-channel band, one patchify conv
+  for ``E``, a 1x1 conv on half the grid for ``Rn``. At 224 px every bridge
+  that reads the image is thin, and so the 224 px memory goals hold as before.
 
 Heads and decoders are ``scaled``'s: they were the better heads in every
 comparison (docs/context.md).

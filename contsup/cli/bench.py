@@ -34,7 +34,7 @@ def bench(
     steps: Annotated[int, typer.Option(help="timed steps per configuration")] = 5,
     num_classes: Annotated[int, typer.Option(help="classes of the synthetic labels")] = 10,
     objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
-    aux: Annotated[str, typer.Option(help="aux design: scaled | sized | paper")] = "scaled",
+    aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
     compile: Annotated[
         bool, typer.Option("--compile", help="also each local row with every unit compiled")

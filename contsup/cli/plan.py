@@ -22,7 +22,7 @@ def plan(
         tuple[int, int, int] | None, typer.Option(help="C H W (default: the model's own)")
     ] = None,
     context: Annotated[str, typer.Option(help="context mode training will use")] = "E",
-    aux: Annotated[str, typer.Option(help="aux design: scaled | paper")] = "scaled",
+    aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
     optimizer: Annotated[str, typer.Option(help="sgd (momentum) | adamw")] = "sgd",
     amp: Annotated[str | None, typer.Option(help="bf16 (estimated)")] = None,

@@ -37,8 +37,8 @@ def split(
         ),
     ] = None,
     aux: Annotated[
-        str, typer.Option(help="aux design with --context: scaled | sized | paper")
-    ] = "scaled",
+        str, typer.Option(help="aux design with --context: sized | scaled | paper")
+    ] = "sized",
     head: Annotated[str, typer.Option(help="local head with --context, e.g. 1c2f")] = "1c2f",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     save: Annotated[Path | None, typer.Option(help="write the plan as JSON here")] = None,

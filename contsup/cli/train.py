@@ -70,7 +70,7 @@ def train(
     cutmix: Annotated[float | None, typer.Option(help="cutmix alpha (0: off)")] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     aux: Annotated[
-        str | None, typer.Option(help="heads and bridges: scaled (default) | sized | paper")
+        str | None, typer.Option(help="heads and bridges: sized (default) | scaled | paper")
     ] = None,
     head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
     local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,

@@ -9,7 +9,7 @@ from tests.conftest import create
 
 
 def test_unknown_design_is_one_sentence():
-    with pytest.raises(ValueError, match="unknown aux design 'bogus'.*'scaled'.*'sized'.*'paper'"):
+    with pytest.raises(ValueError, match="unknown aux design 'bogus'.*'sized'.*'scaled'.*'paper'"):
         get_design("bogus")
     with pytest.raises(ValueError, match="unknown aux design"):
         wrap(create("resnet20"), 2, aux="bogus")

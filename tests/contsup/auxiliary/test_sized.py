@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from contsup.auxiliary import sized
+from contsup.auxiliary import DEFAULT_DESIGN, sized
 from contsup.auxiliary.scaled import FusedBridge
 from contsup.bridges import Bridge
 from contsup.budget import _meta
@@ -49,7 +49,8 @@ def test_paper_saved_values_are_what_the_rich_bridge_saves(target, sources, imag
 def test_small_inputs_get_rich_bridges_into_every_channel():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    learner = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
+    learner = wrap(create("resnet20"), 4, context="R1E", example_input=x)
+    assert learner.aux_config.design == DEFAULT_DESIGN == "sized"
     assert all(is_rich(b) for b in learner.bridges)
     k = 2
     bridge, boundaries = learner.bridges[k], learner.partition.boundaries
@@ -61,21 +62,20 @@ def test_small_inputs_get_rich_bridges_into_every_channel():
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vit_small_patch16_224"])
-def test_224_px_gets_the_bridges_of_scaled(name):
+def test_224_px_gets_the_thin_bridges_of_scaled(name):
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=10)
     x = torch.empty(8, 3, 224, 224, device="meta")
-    chosen = wrap(model, 8, context="R1E", aux="sized", example_input=x)
+    default = wrap(model, 8, context="R1E", example_input=x)
     thin = wrap(model, 8, context="R1E", aux="scaled", example_input=x)
-    assert not any(is_rich(b) for b in chosen.bridges)
-    shapes = [[p.shape for p in b.parameters()] for b in chosen.bridges]
+    assert not any(is_rich(b) for b in default.bridges)
+    shapes = [[p.shape for p in b.parameters()] for b in default.bridges]
     assert shapes == [[p.shape for p in b.parameters()] for b in thin.bridges]
 
 
 def test_each_bridge_is_sized_by_itself(monkeypatch):
     """A limit between two boundaries' costs makes one network of both kinds."""
-    x = torch.zeros(2, 3, 32, 32)
-    learner = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
+    learner = wrap(create("resnet20"), 4, context="R1E", example_input=torch.zeros(2, 3, 32, 32))
     costs = [
         sized.paper_saved_values(
             learner.geometries[k],
@@ -87,7 +87,9 @@ def test_each_bridge_is_sized_by_itself(monkeypatch):
     assert len(set(costs)) > 1
     monkeypatch.setattr(sized, "RICH_LIMIT", min(costs))
     cuts = [b.tensors[0].node for b in learner.partition.boundaries]  # balance would move them
-    mixed = wrap(create("resnet20"), cuts=cuts, context="R1E", aux="sized", example_input=x)
+    mixed = wrap(
+        create("resnet20"), cuts=cuts, context="R1E", example_input=torch.zeros(2, 3, 32, 32)
+    )
     kinds = [is_rich(b) for b in mixed.bridges]
     assert kinds == [c <= min(costs) for c in costs]
     assert all(isinstance(b, FusedBridge) for b, rich in zip(mixed.bridges, kinds) if not rich)
