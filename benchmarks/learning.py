@@ -80,7 +80,7 @@ def register_variants() -> None:
     two designs' heads and bridges crossed."""
     from torch import nn
 
-    from contsup.auxiliary import AuxDesign, paper, register_design, scaled
+    from contsup.auxiliary import AuxDesign, paper, register_design, scaled, sized
     from contsup.models.cifar_resnet import paper_init
 
     # The ablation's baseline: the scaled bridge of contsup 0.2 (16 channels a source,
@@ -139,6 +139,11 @@ def register_variants() -> None:
                   lambda *a, **k: default_init(paper.build_head(*a, **k)),
                   paper.ReconstructionDecoder)
     )  # fmt: skip
+    # sized before it took the paper's heads where they are cheap.
+    register_design(
+        AuxDesign("sized-scaledheads", sized.build_bridge, scaled.build_head,
+                  scaled.ReconstructionDecoder)
+    )  # fmt: skip
     register_design(
         AuxDesign("heads:scaled+bridges:paper-0.1", old_bridge, scaled.build_head,
                   scaled.ReconstructionDecoder)
@@ -173,10 +178,8 @@ def _row(suite: str, budget: dict, net: dict, name: str, k: int, context: str, a
 
 def suites() -> dict[str, list[dict]]:
     def yardstick(suite: str, budget: dict) -> list[dict]:
-        # R0 has no bridges, so its sized and scaled rows would be the same run.
         rows = [_row(suite, budget, RESNET32, "E2E", 1, "R0", "scaled")]
-        rows.append(_row(suite, budget, RESNET32, "K16 R1E sized", 16, "R1E", "sized"))
-        for aux in ("scaled", "paper"):
+        for aux in ("sized", "scaled", "paper"):
             for context in ("R0", "R1E"):
                 rows.append(_row(suite, budget, RESNET32, f"K16 {context} {aux}", 16, context, aux))
         return rows
@@ -257,6 +260,16 @@ def suites() -> dict[str, list[dict]]:
             *(
                 _row("core", CORE, RESNET32, f"K16 {c} paper-0.1", 16, c, "paper-0.1")
                 for c in ("R0", "R1E")
+            ),
+            _row(
+                "core",
+                CORE,
+                RESNET32,
+                "K16 R1E sized-scaledheads",
+                16,
+                "R1E",
+                "sized-scaledheads",
+                baseline="core/K16 R0 scaled",
             ),
             # sized before it took PyTorch's default init: the same modules at 32 px.
             _row(

@@ -1,22 +1,24 @@
-"""The default aux design: the paper's bridges where they are cheap, thin ones where not.
+"""The default aux design: the paper's modules where they are cheap, thin ones where not.
 
-The paper's bridges run their encoders at full resolution and add their
-BatchNorm-ed output to every channel of the boundary. Built with PyTorch's
-default init (not the reference's larger He init, under which their convs
-learn slower behind BatchNorm), they carry context's benefit on the learning
-benchmark (docs/context.md). At 224 px the paper's ``E`` encoder alone saves
-more for backward than the segment it serves, so each bridge here is chosen by
-what the paper's would save, per image:
+The paper's modules, built with PyTorch's default init (not the reference's
+larger He init, under which their convs learn slower behind BatchNorm), carry
+context supply's benefit on the learning benchmark: with them R1E gains about
+two points over plain greedy learning, with the thin ones about half a point
+(docs/context.md). But at 224 px the paper's ``E`` encoder alone saves more for
+backward than the segment it serves, and its heads, as wide as the network,
+cost more than the backbone. So each module is chosen by what the paper's
+would cost, per image:
 
-* **the paper's bridge** (``contsup.auxiliary.paper``, PyTorch's default init)
-  where it saves at most ``RICH_LIMIT`` values per image for backward (1 MiB in
-  float32): every bridge of a network on 32 px images;
-* **``scaled``'s thin bridge** elsewhere: a 16-channel band, one patchify conv
-  for ``E``, a 1x1 conv on half the grid for ``Rn``. At 224 px every bridge
-  that reads the image is thin, and so the 224 px memory goals hold as before.
+* **the paper's bridge** where it saves at most ``RICH_LIMIT`` values for
+  backward (1 MiB in float32): every bridge of a network on 32 px images;
+* **the paper's head** on feature maps where its convs cost at most
+  ``HEAD_LIMIT`` multiply-adds (about twice the most they cost on the CIFAR
+  ResNets): every head of a CIFAR ResNet;
+* **``scaled``'s thin bridge and head** elsewhere: at 224 px every bridge that
+  reads the image and every head, so the 224 px memory goals hold as with
+  ``scaled``.
 
-Heads and decoders are ``scaled``'s: they were the better heads in every
-comparison (docs/context.md).
+Decoders are ``scaled``'s.
 """
 
 from __future__ import annotations
@@ -25,14 +27,24 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from contsup.auxiliary import paper
+from contsup.auxiliary import paper, scaled
 from contsup.auxiliary.design import AuxDesign, register_design
-from contsup.auxiliary.scaled import FusedBridge, ReconstructionDecoder, build_head
+from contsup.auxiliary.scaled import FusedBridge, ReconstructionDecoder
 from contsup.geometry import Geometry
+from contsup.heads import parse_head
 
-__all__ = ["DESIGN", "RICH_LIMIT", "build_bridge", "paper_saved_values"]
+__all__ = [
+    "DESIGN",
+    "HEAD_LIMIT",
+    "RICH_LIMIT",
+    "build_bridge",
+    "build_head",
+    "paper_head_macs",
+    "paper_saved_values",
+]
 
 RICH_LIMIT = 2**18  # values the paper's bridge may save for backward, per image
+HEAD_LIMIT = 2**22  # multiply-adds the paper's head convs may cost per image
 
 
 def paper_saved_values(target: Geometry, sources: Sequence[Geometry], image: Geometry | None):
@@ -67,6 +79,41 @@ def build_bridge(
     if paper_saved_values(target, sources, image) <= RICH_LIMIT:
         return paper.build_bridge(target, list(sources), image, init=None)
     return FusedBridge(target, sources, image)
+
+
+def paper_head_macs(config: str, geometry: Geometry, width: int) -> int:
+    """Multiply-adds per image of the convs of the paper's head ``config`` at ``geometry``.
+
+    Example::
+
+        >>> paper_head_macs("1c2f", Geometry("NCHW", 16, 32, 32), width=64)  # 16->32, stride 2
+        1179648
+
+    Follows ``paper.build_head``: the first conv doubles the channels with stride 2
+    until the network's ``width``, later ones keep them; 3x3 convs, padding 1.
+    """
+    convs, _ = parse_head(config)
+    channels, height, width_px = geometry.channels, geometry.height, geometry.width
+    macs = 0
+    for i in range(convs):
+        out = min(2 * channels, max(width, channels)) if i == 0 else channels
+        stride = 2 if out > channels and min(height, width_px) > 1 else 1
+        height, width_px = -(-height // stride), -(-width_px // stride)
+        macs += height * width_px * 9 * channels * out
+        channels = out
+    return macs
+
+
+def build_head(config: str, geometry: Geometry, out_features: int, width: int) -> nn.Module:
+    """The paper's head on a feature map if its convs cost at most ``HEAD_LIMIT``, else scaled's.
+
+    Example::
+
+        head = build_head("1c2f", Geometry("NCHW", 16, 32, 32), 10, width=64)  # the paper's
+    """
+    if geometry.layout == "NCHW" and paper_head_macs(config, geometry, width) <= HEAD_LIMIT:
+        return paper.build_head(config, geometry, out_features, width, init=None)
+    return scaled.build_head(config, geometry, out_features, width)
 
 
 DESIGN = register_design(AuxDesign("sized", build_bridge, build_head, ReconstructionDecoder))

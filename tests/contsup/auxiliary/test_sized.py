@@ -1,4 +1,4 @@
-"""The default design: the paper's bridge where it saves little, the thin one where not."""
+"""The default design: the paper's modules where they cost little, the thin ones where not."""
 
 import pytest
 import timm
@@ -104,11 +104,42 @@ def _widest_weight_over_bound(module: nn.Module) -> float:
     )
 
 
-def test_rich_bridges_keep_pytorchs_default_init_and_paper_keeps_the_reference():
-    """The reference's He init made the paper's bridges learn slower (docs/context.md)."""
+def test_paper_modules_keep_pytorchs_default_init_and_paper_keeps_the_reference():
+    """The reference's He init made the paper's modules learn slower (docs/context.md)."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     chosen = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
     paper = wrap(create("resnet20"), 4, context="R1E", aux="paper", example_input=x)
-    assert all(_widest_weight_over_bound(b) <= 1.0 for b in chosen.bridges)
-    assert all(_widest_weight_over_bound(b) > 1.0 for b in paper.bridges)
+    for modules in (chosen.bridges, chosen.heads):
+        assert all(_widest_weight_over_bound(m) <= 1.0 for m in modules)
+    for modules in (paper.bridges, paper.heads):
+        assert all(_widest_weight_over_bound(m) > 1.0 for m in modules)
+
+
+def _first_conv(head: nn.Module) -> nn.Conv2d:
+    return next(m for m in head.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_small_inputs_get_the_papers_heads():
+    x = torch.zeros(2, 3, 32, 32)
+    learner = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
+    assert all(_first_conv(h).kernel_size == (3, 3) for h in learner.heads[:-1])  # paper: 3x3
+    thin = wrap(create("resnet20"), 4, context="R1E", aux="scaled", example_input=x)
+    assert all(_first_conv(h).kernel_size == (1, 1) for h in thin.heads[:-1])  # scaled: 1x1 first
+
+
+@pytest.mark.parametrize(
+    "config,geometry",
+    [("1c2f", Geometry("NCHW", 16, 32, 32)), ("2c2f", Geometry("NCHW", 64, 7, 9))],
+)
+def test_paper_head_macs_count_the_heads_convs(config, geometry):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from contsup.auxiliary import paper
+
+    head = paper.build_head(config, geometry, out_features=10, width=64)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        head(torch.zeros(1, geometry.channels, geometry.height, geometry.width))
+    conv_flops = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    assert sized.paper_head_macs(config, geometry, width=64) == conv_flops // 2
