@@ -342,7 +342,6 @@ def suites() -> dict[str, list[dict]]:
             for name, k, c, aux in (
                 ("K16 R0 scaled", 16, "R0", "scaled"),
                 ("K16 R1E scaled", 16, "R1E", "scaled"),
-                ("K16 R1E sized", 16, "R1E", "sized"),
                 ("E2E", 1, "R0", "scaled"),
             )
         ],

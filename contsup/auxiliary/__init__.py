@@ -8,10 +8,10 @@ A design turns a boundary's ``Geometry`` into modules; the learner does the rest
 * ``scaled``: thin. Pools to the boundary's grid before anything learned runs,
   keeps widths small and fixed, and uses LayerNorm + token mean on token
   layouts, so heads and bridges stay a small fraction of the backbone at 224 px.
-* ``sized``: the default. ``scaled``'s heads; each bridge is the paper's where
-  that saves at most 1 MiB per image for backward (every bridge at 32 px), and
-  ``scaled``'s thin one where it would not (at 224 px, every bridge that reads
-  the image).
+* ``sized``: the default. The paper's modules at PyTorch's default init where
+  they cost little (every head and bridge at 32 px), ``scaled``'s thin ones
+  where they would not (at 224 px, every head and every bridge that reads the
+  image).
 
 Example::
 

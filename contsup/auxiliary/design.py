@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-DEFAULT_DESIGN = "sized"  # rich bridges where cheap, thin ones at 224 px (auxiliary/sized.py)
+DEFAULT_DESIGN = "sized"  # the paper's modules where cheap, thin at 224 px (auxiliary/sized.py)
 
 
 class BoundaryTooNarrowError(ContsupError):
@@ -85,8 +85,8 @@ def get_design(name: str) -> AuxDesign:
     """
     if name not in _REGISTERED:
         raise ConfigError(
-            f"unknown aux design {name!r}; use 'sized' (the default: rich bridges where they "
-            f"are cheap, thin ones at 224 px), 'scaled' (always thin), 'paper' (the reference "
+            f"unknown aux design {name!r}; use 'sized' (the default: the paper's modules where "
+            f"they are cheap, thin ones at 224 px), 'scaled' (always thin), 'paper' (the reference "
             f"implementation's modules) or one of {aux_designs()}"
         )
     return _REGISTERED[name]

@@ -1,7 +1,7 @@
 """Aux modules that stay small at any input size: the thin design.
 
 The default design, ``sized`` (``contsup.auxiliary.sized``), uses these heads
-everywhere, and these bridges where the paper's would cost too much (at 224 px:
+and bridges where the paper's would cost too much (at 224 px: every head and
 every bridge that reads the image).
 
 The paper's modules (``contsup.auxiliary.paper``) were built for 32 px: the ``E``
