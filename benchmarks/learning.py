@@ -115,11 +115,6 @@ def register_variants() -> None:
         style = replace(quarter, band=max(scaled.CONTEXT_WIDTH, target.channels // 4))
         return scaled.FusedBridge(target, sources, image, style)
 
-    register_design(
-        AuxDesign("scaled+quarterC", quarter_bridge, scaled.build_head,
-                  scaled.ReconstructionDecoder)
-    )  # fmt: skip
-
     # contsup at c305389 (before the fidelity fixes): the paper's modules with PyTorch's
     # default init and no bias on E's second conv (R1E's first bridge stays E alone).
     def default_init(module):
@@ -134,33 +129,21 @@ def register_variants() -> None:
             built.image[3].bias = None
         return default_init(built)
 
-    register_design(
-        AuxDesign("paper-0.1", old_bridge,
-                  lambda *a, **k: default_init(paper.build_head(*a, **k)),
-                  paper.ReconstructionDecoder)
-    )  # fmt: skip
-    # sized before it took the paper's heads where they are cheap.
-    register_design(
-        AuxDesign("sized-scaledheads", sized.build_bridge, scaled.build_head,
-                  scaled.ReconstructionDecoder)
-    )  # fmt: skip
-    register_design(
-        AuxDesign("heads:scaled+bridges:paper-0.1", old_bridge, scaled.build_head,
-                  scaled.ReconstructionDecoder)
-    )  # fmt: skip
-    register_design(
-        AuxDesign("heads:paper-0.1+bridges:scaled", scaled.FusedBridge,
-                  lambda *a, **k: default_init(paper.build_head(*a, **k)),
-                  paper.ReconstructionDecoder)
-    )  # fmt: skip
-    register_design(
-        AuxDesign("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head,
-                  scaled.ReconstructionDecoder)
-    )  # fmt: skip
-    register_design(
-        AuxDesign("heads:paper+bridges:scaled", scaled.FusedBridge, paper.build_head,
-                  paper.ReconstructionDecoder)
-    )  # fmt: skip
+    def old_head(*args, **kwargs):
+        return default_init(paper.build_head(*args, **kwargs))
+
+    thin_decoder, paper_decoder = scaled.ReconstructionDecoder, paper.ReconstructionDecoder
+    for name, bridge, head, decoder in (
+        ("scaled+quarterC", quarter_bridge, scaled.build_head, thin_decoder),
+        ("paper-0.1", old_bridge, old_head, paper_decoder),
+        # sized before it took the paper's heads where they are cheap
+        ("sized-scaledheads", sized.build_bridge, scaled.build_head, thin_decoder),
+        ("heads:scaled+bridges:paper-0.1", old_bridge, scaled.build_head, thin_decoder),
+        ("heads:paper-0.1+bridges:scaled", scaled.FusedBridge, old_head, paper_decoder),
+        ("heads:scaled+bridges:paper", paper.build_bridge, scaled.build_head, thin_decoder),
+        ("heads:paper+bridges:scaled", scaled.FusedBridge, paper.build_head, paper_decoder),
+    ):
+        register_design(AuxDesign(name, bridge, head, decoder))
 
 
 def paper_cuts(k: int) -> list[str]:
