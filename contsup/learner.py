@@ -284,6 +284,8 @@ class LocalLearner(nn.Module):
         """
         from contsup.compiling import compile_each
 
+        for segment in self.segments:
+            segment.prepare()
         self._unit_steps = compile_each([self._step_of(j) for j in range(self.k)], **options)
 
     @staticmethod

@@ -164,11 +164,20 @@ class Segment(nn.Module):
         mode = self.training if training is None else training
         return self._graphs[mode].python_code(root_module="self").src
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        forward = self._forwards.get(self.training)
+    def prepare(self) -> None:
+        """Compile both modes' forwards now, before ``torch.compile`` traces this segment:
+        a first-use compile inside a traced region breaks the graph."""
+        for mode in self._graphs:
+            self._forward_of(mode)
+
+    def _forward_of(self, training: bool) -> Callable:
+        forward = self._forwards.get(training)
         if forward is None:
-            forward = self._forwards[self.training] = _compile(self._graphs[self.training])
-        return forward(self, *inputs)
+            forward = self._forwards[training] = _compile(self._graphs[training])
+        return forward
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return self._forward_of(self.training)(self, *inputs)
 
     def __getstate__(self) -> dict:
         # Compiled functions do not pickle; the graphs do, and are compiled again on load.

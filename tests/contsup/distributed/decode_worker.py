@@ -73,6 +73,9 @@ def run_config(folder: str, run: str, pipeline: int, mode: str) -> TrainConfig:
         k=4 if mode == "decoder" else 2,
         context="R1E",
         head="0c2f",
+        # BatchNorm-free bridges (the thin ones): replicas that see other images then
+        # keep the same weights as one process, which the tests compare.
+        aux="scaled",
         dataset=f"counted:{folder}",
         batch_size=6,
         epochs=2,
