@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import partitioner
+from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.config import TrainConfig
 from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
@@ -253,7 +254,7 @@ def plan(
     batch_size: int,
     input_size: tuple[int, int, int] | None = None,
     context: str = "E",
-    aux: str = "sized",
+    aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
     optimizer: str = "sgd",
     amp: str | None = None,

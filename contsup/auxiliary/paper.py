@@ -41,6 +41,7 @@ __all__ = [
     "BoundaryEncoder",
     "build_bridge",
     "build_head",
+    "head_convs",
     "ReconstructionDecoder",
 ]
 
@@ -96,6 +97,28 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     ]
 
 
+def head_convs(config: str, geometry: Geometry, width: int) -> list[tuple[int, int, int]]:
+    """``(in, out, stride)`` of each 3x3 conv of the paper's head ``config`` at ``geometry``.
+
+    Example::
+
+        >>> head_convs("2c2f", Geometry("NCHW", 16, 32, 32), width=64)
+        [(16, 32, 2), (32, 32, 1)]
+
+    The first conv doubles the channels, with stride 2, until the network's ``width``;
+    later ones keep them at stride 1.
+    """
+    convs, _ = parse_head(config)
+    channels, size = geometry.channels, min(geometry.height, geometry.width)
+    layers = []
+    for i in range(convs):
+        out = min(2 * channels, max(width, channels)) if i == 0 else channels
+        stride = 2 if out > channels and size > 1 else 1
+        layers.append((channels, out, stride))
+        channels = out
+    return layers
+
+
 def build_head(
     config: str, geometry: Geometry, out_features: int, width: int, init: Init = paper_init
 ) -> nn.Sequential:
@@ -107,14 +130,11 @@ def build_head(
 
     ``width`` caps the conv layers' channels (the network's final width).
     """
-    convs, linears = parse_head(config)
+    _, linears = parse_head(config)
     layers: list[nn.Module] = [ToMap(geometry)]
-    channels, size = geometry.channels, min(geometry.height, geometry.width)
-    for i in range(convs):
-        out = min(2 * channels, max(width, channels)) if i == 0 else channels
-        stride = 2 if out > channels and size > 1 else 1
-        layers += _conv_bn_relu(channels, out, stride)
-        channels, size = out, (size + 1) // stride
+    channels = geometry.channels
+    for cin, channels, stride in head_convs(config, geometry, width):
+        layers += _conv_bn_relu(cin, channels, stride)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     head = nn.Sequential(*layers, *linear_layers(channels, linears, out_features))
     return _initialised(head, init)

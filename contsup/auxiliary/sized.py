@@ -31,7 +31,6 @@ from contsup.auxiliary import paper, scaled
 from contsup.auxiliary.design import AuxDesign, register_design
 from contsup.auxiliary.scaled import FusedBridge, ReconstructionDecoder
 from contsup.geometry import Geometry
-from contsup.heads import parse_head
 
 __all__ = [
     "DESIGN",
@@ -89,18 +88,13 @@ def paper_head_macs(config: str, geometry: Geometry, width: int) -> int:
         >>> paper_head_macs("1c2f", Geometry("NCHW", 16, 32, 32), width=64)  # 16->32, stride 2
         1179648
 
-    Follows ``paper.build_head``: the first conv doubles the channels with stride 2
-    until the network's ``width``, later ones keep them; 3x3 convs, padding 1.
+    The convs are ``paper.head_convs``: 3x3 with padding 1, so stride s makes a grid of
+    ceil(H / s) x ceil(W / s).
     """
-    convs, _ = parse_head(config)
-    channels, height, width_px = geometry.channels, geometry.height, geometry.width
-    macs = 0
-    for i in range(convs):
-        out = min(2 * channels, max(width, channels)) if i == 0 else channels
-        stride = 2 if out > channels and min(height, width_px) > 1 else 1
+    height, width_px, macs = geometry.height, geometry.width, 0
+    for cin, out, stride in paper.head_convs(config, geometry, width):
         height, width_px = -(-height // stride), -(-width_px // stride)
-        macs += height * width_px * 9 * channels * out
-        channels = out
+        macs += height * width_px * 9 * cin * out
     return macs
 
 
