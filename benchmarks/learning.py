@@ -132,9 +132,35 @@ def register_variants() -> None:
     def old_head(*args, **kwargs):
         return default_init(paper.build_head(*args, **kwargs))
 
+    from contsup.bridges import Bridge
+    from contsup.geometry import Geometry, pool_to
+
+    def paper_heads(config, geometry, out_features, width):
+        if geometry.layout == "NCHW":
+            return paper.build_head(config, geometry, out_features, width, init=None)
+        return scaled.build_head(config, geometry, out_features, width)
+
+    def pooled_bridge(target, sources, image):
+        recent = sized.paper_saved_values(target, sources, None)
+        grid = image
+        while image is not None:
+            if recent + sized.paper_saved_values(target, [], grid) <= sized.RICH_LIMIT:
+                break
+            if grid.height // 2 < target.height or grid.width // 2 < target.width:
+                return scaled.FusedBridge(target, sources, image)
+            grid = Geometry(image.layout, image.channels, grid.height // 2, grid.width // 2)
+        if recent > sized.RICH_LIMIT:
+            return scaled.FusedBridge(target, sources, image)
+        encoder = None
+        if image is not None:
+            encoder = nn.Sequential(pool_to(image, grid), paper.ImageEncoder(grid, target, init=None))
+        return Bridge([paper.BoundaryEncoder(g, target, None) for g in sources], encoder)
+
     thin_decoder, paper_decoder = scaled.ReconstructionDecoder, paper.ReconstructionDecoder
     for name, bridge, head, decoder in (
         ("scaled+quarterC", quarter_bridge, scaled.build_head, thin_decoder),
+        ("paperheads+pooledE", pooled_bridge, paper_heads, thin_decoder),
+        ("scaledheads+pooledE", pooled_bridge, scaled.build_head, thin_decoder),
         ("paper-0.1", old_bridge, old_head, paper_decoder),
         # sized before it took the paper's heads where they are cheap
         ("sized-scaledheads", sized.build_bridge, scaled.build_head, thin_decoder),
@@ -182,7 +208,12 @@ def suites() -> dict[str, list[dict]]:
         *(
             _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 R1E {aux}", 8, "R1E", aux,
                  baseline="wide/resnet18@64 K8 R0 scaled")
-            for aux in ("scaled+paperlike", "scaled+quarterC")
+            for aux in ("scaled+paperlike", "scaled+quarterC", "scaledheads+pooledE")
+        ),
+        *(
+            _row("wide", QUICK, RESNET18_64, f"resnet18@64 K8 {c} paperheads+pooledE", 8, c,
+                 "paperheads+pooledE")
+            for c in ("R0", "R1E")
         ),
     ]  # fmt: skip
     variants = [

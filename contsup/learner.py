@@ -405,8 +405,9 @@ def wrap(
     Args:
         k: number of segments; 1 is ordinary end-to-end training. Optional with ``cuts``.
         context: ``R0``, ``E``, ``Rn`` or ``RnE`` (see ``contsup.context``).
-        aux: the design of heads, bridges and decoders: ``scaled`` (small at any
-            input size) or ``paper`` (the reference's modules; see ``contsup.auxiliary``).
+        aux: the design of heads, bridges and decoders: ``sized`` (the default: the
+            paper's modules where they are cheap, thin ones elsewhere), ``scaled`` (thin
+            at any input size) or ``paper`` (the reference's; see ``contsup.auxiliary``).
         local_loss: ``ce`` (cross-entropy) or ``contrast`` (supervised contrastive).
         head: local head config, ``<a>c<b>f`` (default ``1c2f``, the paper's).
         decoder: None, or the four loss scales ``[ixx_1, ixy_1, ixx_2, ixy_2]`` that
