@@ -140,6 +140,8 @@ def register_variants() -> None:
             return paper.build_head(config, geometry, out_features, width, init=None)
         return scaled.build_head(config, geometry, out_features, width)
 
+    # The paper's bridge (PyTorch's init) with E on the image pooled, by halves, until
+    # the bridge saves at most sized's RICH_LIMIT (thin if even the boundary's grid won't).
     def pooled_bridge(target, sources, image):
         recent = sized.paper_saved_values(target, sources, None)
         grid = image
@@ -153,7 +155,8 @@ def register_variants() -> None:
             return scaled.FusedBridge(target, sources, image)
         encoder = None
         if image is not None:
-            encoder = nn.Sequential(pool_to(image, grid), paper.ImageEncoder(grid, target, init=None))
+            pooled = paper.ImageEncoder(grid, target, init=None)
+            encoder = nn.Sequential(pool_to(image, grid), pooled)
         return Bridge([paper.BoundaryEncoder(g, target, None) for g in sources], encoder)
 
     thin_decoder, paper_decoder = scaled.ReconstructionDecoder, paper.ReconstructionDecoder
