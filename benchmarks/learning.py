@@ -36,8 +36,8 @@ Suites (``--list`` prints them):
   ``quick`` (9,000 images, 12 epochs, 2 seeds): does context help more when
   greedy learning has longer to lose information?
 * ``gap``: toward end-to-end with the default modules (quick budget): R1E at other
-  learning rates, with InfoPro's decoder, and with heads that borrow a moving
-  average of the next segment; resnet18 at 64 px end-to-end.
+  learning rates, with InfoPro's decoder, and with momentum heads (each looks
+  through a moving average of the next segment); resnet18 at 64 px end-to-end.
 
 ``--seeds`` runs other seeds of the chosen rows and adds them to the saved ones
 (``--suite core --only "K16 R0 scaled" --seeds 3 4``).
@@ -178,57 +178,6 @@ def register_variants() -> None:
         register_design(AuxDesign(name, bridge, head, decoder))
 
 
-def next_segment_heads(decay: float):
-    """A ``build`` that gives each local head the next segment in front of it: a copy that
-    follows the live segment by an exponential moving average (``decay`` 0: the live
-    weights), through which segment j's loss reaches segment j only (as AugLocal and the
-    momentum auxiliary network borrow later layers)."""
-    import copy
-
-    import torch
-    from torch import nn
-
-    from contsup import building
-    from contsup.auxiliary import get_design
-
-    class NextSegmentHead(nn.Module):
-        def __init__(self, live: nn.Module, head: nn.Module):
-            super().__init__()
-            self._live = [live]
-            self.ema = copy.deepcopy(live).requires_grad_(False)
-            self.head = head
-
-        def forward(self, h):
-            if self.training:
-                with torch.no_grad():
-                    live = self._live[0]
-                    for e, p in zip(self.ema.parameters(), live.parameters(), strict=True):
-                        e.lerp_(p, 1 - decay)
-                    for e, b in zip(self.ema.buffers(), live.buffers(), strict=True):
-                        e.copy_(b)
-            return self.head(self.ema(h))
-
-    original = building.build
-
-    def build(config):
-        learner, data, device = original(config)
-        k = learner.k
-        for j in range(k - 1):
-            if j + 1 < k - 1:
-                aux = learner.aux_config
-                head = get_design(aux.design).head(
-                    aux.head, learner.geometries[j + 1], aux.out_features, aux.width
-                )
-            else:
-                head = nn.Identity()  # the last segment ends in the classifier
-            learner.heads[j] = NextSegmentHead(learner.segments[j + 1], head.to(device))
-        if config.channels_last:
-            learner.to(memory_format=torch.channels_last)
-        return learner, data, device
-
-    return build
-
-
 def paper_cuts(k: int) -> list[str]:
     """ResNet-32's cuts in the paper's tables (the T2 recipe)."""
     from contsup.recipes import load_recipe
@@ -317,6 +266,17 @@ def suites() -> dict[str, list[dict]]:
     ]  # fmt: skip
     return {
         "core": [
+            _row(
+                "core",
+                CORE,
+                RESNET32,
+                "K16 R1E sized momentum0.99",
+                16,
+                "R1E",
+                "sized",
+                baseline="core/K16 R0 sized",
+                momentum_heads=0.99,
+            ),
             *yardstick("core", CORE),
             _row(
                 "core",
@@ -445,19 +405,18 @@ def suites() -> dict[str, list[dict]]:
                 decoder=DECODER,
             ),
             _row("gap", QUICK, RESNET18_64, "resnet18@64 E2E", 1, "R0", "sized"),
-            # Each head borrows the next segment: its moving average, as the momentum
-            # auxiliary network does (AugLocal borrows later layers, trained).
+            # Each head looks through a moving average of the next segment (momentum heads).
             *(
                 _row(
                     "gap",
                     QUICK,
                     RESNET32,
-                    f"K16 {c} sized nexthead0.99",
+                    f"K16 {c} sized momentum0.99",
                     16,
                     c,
                     "sized",
                     baseline="quick/K16 R0 sized",
-                    next_head=0.99,
+                    momentum_heads=0.99,
                 )
                 for c in ("R0", "R1E")
             ),
@@ -520,15 +479,12 @@ def run_row(row: dict, seed: int, work: str) -> dict:
         amp=row["amp"],
         channels_last=row["channels_last"],
         decoder=row.get("decoder"),
+        momentum_heads=row.get("momentum_heads"),
         seed=seed,
         out=str(out),
         tensorboard=False,
         threads=1,  # the trainer would take the idle cores, and runs repeat per thread count
     )
-    if "next_head" in row:
-        import contsup.trainer
-
-        contsup.trainer.build = next_segment_heads(row["next_head"])
     started = time.perf_counter()
     train(config)
     seconds = time.perf_counter() - started

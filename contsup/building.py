@@ -166,6 +166,7 @@ def build_learner(
         local_loss=config.local_loss,
         head=config.head,
         decoder=config.decoder,
+        momentum_heads=config.momentum_heads,
         objective=config.objective,
         example_input=example,
     )

@@ -38,6 +38,8 @@ class TrainConfig:
     head: str = field(default="1c2f", metadata=_MODEL)
     local_loss: str = field(default="ce", metadata=_MODEL)
     decoder: list[float] | None = field(default=None, metadata=_MODEL)
+    # None: plain heads; a decay (0.99): heads that look through the next segment's shadow
+    momentum_heads: float | None = field(default=None, metadata=_MODEL)
     objective: str = field(default="flops", metadata=_IDENTITY)
     cuts: list[str] | None = field(default=None, metadata=_IDENTITY)
     plan: str | None = field(default=None, metadata=_IDENTITY)

@@ -30,6 +30,7 @@ from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.mixing import hard_labels
+from contsup.momentum_heads import use_momentum_heads
 from contsup.network import Carry, ContextNetwork, Unit
 from contsup.oom import StepOutOfMemory
 
@@ -388,6 +389,7 @@ def wrap(
     local_loss: str = "ce",
     head: str = "1c2f",
     decoder: Sequence[float] | None = None,
+    momentum_heads: float | None = None,
     cuts: Sequence[str] | partitioner.Partition | None = None,
     objective: str = "flops",
     example_input: torch.Tensor | None = None,
@@ -413,6 +415,9 @@ def wrap(
         decoder: None, or the four loss scales ``[ixx_1, ixy_1, ixx_2, ixy_2]`` that
             turn on the reconstruction decoder; the (reconstruction, local) weights go
             linearly from (ixx_1, ixy_1) at the first boundary to (ixx_2, ixy_2) at the last.
+        momentum_heads: None, or a moving-average decay (0.99): each local head then
+            looks through a shadow of the next segment that follows its weights
+            (``contsup.momentum_heads``; about twice a unit's time and peak).
         cuts: cut after these graph nodes (names as ``contsup split`` prints them), or
             at a ``Partition``'s cuts (e.g. ``Partition.from_json`` of a saved plan),
             instead of balancing.
@@ -486,7 +491,10 @@ def wrap(
         std=_per_channel(cfg.get("std"), channels),
     )
     learner._no_weight_decay = _no_weight_decay(model, learner)
-    return learner.to(device)
+    learner = learner.to(device)
+    if momentum_heads is not None:
+        use_momentum_heads(learner, momentum_heads)
+    return learner
 
 
 def _no_weight_decay(model: nn.Module, learner: LocalLearner) -> frozenset[str]:

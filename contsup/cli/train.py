@@ -74,6 +74,10 @@ def train(
     ] = None,
     head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
     local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,
+    momentum_heads: Annotated[
+        float | None,
+        typer.Option(help="heads look through a moving average of the next segment (0.99)"),
+    ] = None,
     objective: Annotated[str | None, typer.Option(help="what the cuts balance")] = None,
     cuts: Annotated[
         str | None,
@@ -264,6 +268,11 @@ def _planned(config, memory: str, report: Console | None):
     """``config`` cut as the plan for ``memory`` says, with what was chosen printed."""
     from contsup.memory_plan import format_bytes, plan_run
 
+    if config.momentum_heads is not None:
+        raise UserError(
+            "--memory does not price momentum heads yet (each runs the next segment again: "
+            "about twice a unit's peak); pass --k instead"
+        )
     config, chosen = plan_run(config, memory)
     if report is not None:
         report.print(

@@ -1,0 +1,119 @@
+"""Momentum heads: each local head looks through a moving average of the next segment.
+
+A plain local head reads segment j's output directly, so segment j learns features
+that a small head can classify now, whether or not segment j+1 can use them. A
+momentum head first runs a shadow of segment j+1, whose weights follow the live
+segment's by an exponential moving average (as the momentum auxiliary network
+does; AugLocal borrows later layers too), then a head of the aux design at segment
+j+1's output. Segment j's loss then sees through the layers that will read it.
+
+The shadow is never trained: its weights are buffers, outside every segment and
+optimizer, and its gradient only passes through to segment j. It follows the live
+segment at the start of each training forward, so its lag is one step. The last
+local head borrows the final segment, which ends in the classifier: its logits are
+the head's scores. Cost: each unit runs the next segment once more, forward and
+backward, and saves its activations (about twice a unit's time and peak).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from contsup.errors import ConfigError
+
+__all__ = ["MomentumHead", "check_momentum", "use_momentum_heads"]
+
+
+def check_momentum(momentum: float) -> None:
+    """Raise ``ConfigError`` (one sentence) unless ``0 <= momentum < 1``.
+
+    Example::
+
+        check_momentum(0.99)   # fine
+        check_momentum(1.0)    # ConfigError: the shadow would never follow
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(
+            f"momentum heads take a moving-average decay in [0, 1), got {momentum}; "
+            "0.99 is the measured one (docs/context.md)"
+        )
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters are buffers of the same names."""
+    shadow = copy.deepcopy(module)
+    for sub in shadow.modules():
+        for name, param in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, param.detach().clone())
+    return shadow
+
+
+class MomentumHead(nn.Module):
+    """A shadow of the next segment, then ``head``; see the module docstring.
+
+    Example::
+
+        head = MomentumHead(learner.segments[j + 1], head_at_next_boundary, momentum=0.99)
+        scores = head(segment_j_output)     # the shadow follows the live segment first
+    """
+
+    def __init__(self, next_segment: nn.Module, head: nn.Module, momentum: float):
+        super().__init__()
+        check_momentum(momentum)
+        self._live = [next_segment]  # in a list: the network owns it, not this head
+        self.shadow = _frozen_copy(next_segment)
+        self.head = head
+        self.momentum = momentum
+
+    @torch.no_grad()
+    def follow(self) -> None:
+        """shadow <- momentum * shadow + (1 - momentum) * live, for every weight; the
+        live segment's BatchNorm statistics are copied as they are."""
+        live = self._live[0]
+        params = dict(live.named_parameters())
+        buffers = dict(live.named_buffers())
+        for name, value in self.shadow.named_buffers():
+            if name in params:
+                value.lerp_(params[name], 1.0 - self.momentum)
+            else:
+                value.copy_(buffers[name])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.follow()
+        return self.head(self.shadow(h))
+
+
+def use_momentum_heads(learner, momentum: float) -> None:
+    """Replace each local head of ``learner`` by a ``MomentumHead`` over the next segment.
+
+    Example::
+
+        learner = contsup.wrap(model, k=16, context="R1E", momentum_heads=0.99)  # calls this
+
+    The heads are made after the learner's own (whose random draws they do not move),
+    at the next boundary's geometry, by the learner's aux design.
+    """
+    from contsup.auxiliary import get_design
+
+    if learner.local_loss != "ce":
+        raise ConfigError("momentum heads need the ce local loss: the last one scores logits")
+    check_momentum(momentum)
+    aux = learner.aux_config
+    design = get_design(aux.design)
+    device = next(learner.parameters()).device
+    # As wrap makes heads: on the meta device for a meta learner, else on the CPU (the
+    # same random draws on every device) and then moved.
+    making = torch.device("meta") if device.type == "meta" else nullcontext()
+    for j in range(learner.k - 1):
+        if j + 1 < learner.k - 1:
+            with making:
+                head = design.head(aux.head, learner.geometries[j + 1], aux.out_features, aux.width)
+        else:
+            head = nn.Identity()
+        learner.heads[j] = MomentumHead(learner.segments[j + 1], head.to(device), momentum)

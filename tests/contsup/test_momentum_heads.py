@@ -1,0 +1,142 @@
+"""contsup.momentum_heads: shadows that follow the next segment, train nothing, and pass
+gradients to their own segment only."""
+
+import pytest
+import torch
+
+from contsup.errors import ConfigError
+from contsup.learner import wrap
+from contsup.momentum_heads import MomentumHead
+from tests.conftest import create
+
+X = torch.randn(4, 3, 32, 32)
+Y = torch.tensor([0, 1, 2, 3])
+
+
+def learners(momentum=0.9, k=4, context="R1E"):
+    """The same model wrapped twice: plain heads and momentum heads (same backbone)."""
+    torch.manual_seed(0)
+    model = create("resnet20", num_classes=10)
+    plain = wrap(model, k, context=context, example_input=X[:2])
+    torch.manual_seed(0)
+    model = create("resnet20", num_classes=10)
+    momentum = wrap(model, k, context=context, example_input=X[:2], momentum_heads=momentum)
+    return plain, momentum
+
+
+def test_shadows_hold_no_parameters_and_start_as_the_next_segment():
+    plain, learner = learners()
+    assert all(isinstance(h, MomentumHead) for h in learner.heads)
+    for j, head in enumerate(learner.heads):
+        assert list(head.shadow.parameters()) == []
+        live = dict(learner.segments[j + 1].named_parameters())
+        shadow = dict(head.shadow.named_buffers())
+        assert live.keys() <= shadow.keys()
+        assert all(torch.equal(shadow[name], value) for name, value in live.items())
+    # Every parameter is still in exactly one segment, head or bridge: shadows add none
+    # but the heads at the next boundary; the last head is the classifier's logits.
+    ids = [id(p) for p in learner.parameters()]
+    assert len(ids) == len(set(ids))
+    segment_params = sum(p.numel() for p in learner.segments.parameters())
+    assert segment_params == sum(p.numel() for p in plain.segments.parameters())
+    assert sum(p.numel() for p in learner.heads[-1].parameters()) == 0
+
+
+def test_a_unit_trains_its_own_segment_and_head_not_the_next_segment():
+    _, learner = learners()
+    learner.train()
+    from contsup.network import Carry
+
+    carry = Carry(learner.context)
+    learner.local_units(X, Y, carry, 0, 1)  # unit 0 only: its head reads segment 1's shadow
+    assert all(p.grad is not None for p in learner.segments[0].parameters())
+    assert all(p.grad is not None for p in learner.heads[0].parameters())
+    assert all(p.grad is None for p in learner.segments[1].parameters())
+
+
+def test_shadows_follow_the_live_weights_by_the_moving_average():
+    _, learner = learners(momentum=0.9)
+    learner.train()
+    head, live = learner.heads[0], learner.segments[1]
+    name, weight = next((n, p) for n, p in live.named_parameters() if p.ndim == 4)
+    before = dict(head.shadow.named_buffers())[name].clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    head(torch.randn(2, *learner.segments[0](X[:2]).shape[1:]))
+    after = dict(head.shadow.named_buffers())[name]
+    torch.testing.assert_close(after, 0.9 * before + 0.1 * weight, rtol=0, atol=1e-6)
+    # In eval mode the shadow stays where it is.
+    learner.eval()
+    with torch.no_grad():
+        weight.add_(1.0)
+    head(torch.randn(2, *learner.segments[0](X[:2]).shape[1:]))
+    assert torch.equal(dict(head.shadow.named_buffers())[name], after)
+
+
+def test_the_model_itself_is_unchanged_bitwise():
+    plain, learner = learners()
+    plain.eval(), learner.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(X), learner(X))
+
+
+def test_local_backward_steps_and_the_state_dict_round_trips():
+    _, learner = learners(k=3)
+    learner.train()
+    step = learner.local_backward(X, Y)
+    assert len(step.losses) == 3 and all(torch.isfinite(torch.tensor(step.losses)))
+    _, other = learners(k=3)
+    other.load_state_dict(learner.state_dict())
+    for a, b in zip(learner.heads, other.heads, strict=True):
+        for (n, x), (_, y) in zip(a.shadow.named_buffers(), b.shadow.named_buffers(), strict=True):
+            assert torch.equal(x, y), n
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0])
+def test_a_decay_outside_0_1_is_one_sentence(momentum):
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        learners(momentum=momentum)
+
+
+def test_the_contrastive_loss_is_refused():
+    model = create("resnet20", num_classes=10)
+    with pytest.raises(ConfigError, match="ce local loss"):
+        wrap(model, 3, example_input=X[:2], local_loss="contrast", momentum_heads=0.99)
+
+
+def test_a_run_with_momentum_heads_learns_digits(tmp_path):
+    from contsup.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        model="resnet20", k=2, context="R1E", dataset="digits", batch_size=128, lr=0.1,
+        epochs=3, warmup_epochs=0, device="cpu", threads=1, momentum_heads=0.9,
+        out=str(tmp_path), tensorboard=False,
+    )  # fmt: skip
+    # It learns (chance is 0.1; 0.80 measured): the shadow passes segment 0 a signal.
+    assert train(config)["test_accuracy"] >= 0.6
+
+
+def test_momentum_heads_refuse_a_pipeline(tmp_path):
+    from contsup.trainer import TrainConfig, train
+
+    config = TrainConfig(dataset="digits", momentum_heads=0.99, pipeline=2, out=str(tmp_path))
+    with pytest.raises(ConfigError, match="without --pipeline"):
+        train(config)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--momentum-heads", "1.5"], "in [0, 1)"),
+        (["--momentum-heads", "0.99", "--memory", "1GiB"], "does not price momentum heads"),
+    ],
+)
+def test_the_command_line_refuses_in_one_sentence(tmp_path, options, message):
+    from typer.testing import CliRunner
+
+    from contsup.cli import app
+
+    args = ["train", "resnet20", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args + options)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
