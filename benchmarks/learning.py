@@ -266,6 +266,8 @@ def suites() -> dict[str, list[dict]]:
     ]  # fmt: skip
     return {
         "core": [
+            *yardstick("core", CORE),
+            # The best local configuration measured: the default with momentum heads.
             _row(
                 "core",
                 CORE,
@@ -277,7 +279,6 @@ def suites() -> dict[str, list[dict]]:
                 baseline="core/K16 R0 sized",
                 momentum_heads=0.99,
             ),
-            *yardstick("core", CORE),
             _row(
                 "core",
                 CORE,

@@ -417,7 +417,7 @@ def wrap(
             linearly from (ixx_1, ixy_1) at the first boundary to (ixx_2, ixy_2) at the last.
         momentum_heads: None, or a moving-average decay (0.99): each local head then
             looks through a shadow of the next segment that follows its weights
-            (``contsup.momentum_heads``; about twice a unit's time and peak).
+            (``contsup.momentum_heads``; each unit runs the next segment once more).
         cuts: cut after these graph nodes (names as ``contsup split`` prints them), or
             at a ``Partition``'s cuts (e.g. ``Partition.from_json`` of a saved plan),
             instead of balancing.

@@ -270,8 +270,8 @@ def _planned(config, memory: str, report: Console | None):
 
     if config.momentum_heads is not None:
         raise UserError(
-            "--memory does not price momentum heads yet (each runs the next segment again: "
-            "about twice a unit's peak); pass --k instead"
+            "--memory does not price momentum heads yet (each runs the next segment once "
+            "more); pass --k instead"
         )
     config, chosen = plan_run(config, memory)
     if report is not None:
