@@ -194,11 +194,25 @@ def test_legacy_design_builds_the_modules_of_0_2():
     target = Geometry("NCHW", 40, 28, 28)
     image = Geometry("NCHW", 3, 224, 224)
     old, new = legacy.head("1c2f", target, 10, 0), thin.head("1c2f", target, 10, 0)
-    assert [m.kernel_size for m in old if isinstance(m, nn.AvgPool2d)] == [2]  # 28 -> 14
-    assert [m.kernel_size for m in new if isinstance(m, nn.AvgPool2d)] == [4]  # 28 -> 7
+    h = torch.zeros(2, 40, 28, 28)
+    assert old[:2](h).shape[-2:] == (14, 14) and new[:2](h).shape[-2:] == (7, 7)
     assert old[2].out_channels == 32 > new[2].out_channels
     old_e, new_e = legacy.bridge(target, [], image).image, thin.bridge(target, [], image).image
     assert not any(isinstance(m, nn.Upsample) for m in old_e)
     assert isinstance(new_e[-1], nn.Upsample)
     x = torch.zeros(1, 3, 224, 224)
     assert old_e(x).shape[-2:] == new_e(x).shape[-2:] == (28, 28)
+
+
+def test_heads_pool_whole_windows_without_saving_the_boundary():
+    """avg_pool2d saves its input: a boundary-sized tensor the segment may not keep."""
+    from contsup.auxiliary import scaled
+    from contsup.memory import SavedTensorTracker
+
+    h = torch.randn(4, 24, 56, 56, requires_grad=True)
+    pool = scaled.WindowMean((7, 7))
+    assert torch.allclose(pool(h), nn.AvgPool2d(7)(h), atol=1e-6)
+    for module, saves in ((pool, False), (nn.AvgPool2d(7), True)):
+        with SavedTensorTracker([]) as tracker:
+            module(h).sum()
+        assert (tracker.peak_bytes >= h.numel() * 4) == saves
