@@ -14,7 +14,8 @@ full-width 1x1 conv before pooling, and heads widen to the network's width. At
   its own, through one patchify conv), so their convs cost a quarter, and the
   earlier boundary an ``Rn`` encoder must save for its weight gradient is a
   quarter of its size. Pooling a detached input records nothing for backward,
-  and nearest upsampling saves nothing either.
+  and nearest upsampling saves nothing either. Heads pool whole windows with a
+  reshape and a mean (``WindowMean``), which saves nothing of the boundary.
 * Narrow widths that follow the boundary: encoders have at most 16 channels,
   heads at most 32 on a grid of at most 8x8, and fewer where their convs would
   cost more than ``HEAD_MACS`` multiply-adds per value of the boundary. On
