@@ -9,14 +9,19 @@ encoder runs two 3x3 convs on the full-resolution image, ``Rn`` encoders a
 full-width 1x1 conv before pooling, and heads widen to the network's width. At
 224 px they save more for backward than the segments they serve. The rules here:
 
-* Pool first. Nothing learned runs above the boundary's grid (the image encoder
-  looks at a grid twice as fine, through one patchify conv; ``Rn`` encoders work
-  on half the grid and upsample, so the earlier boundary they must save for
-  their weight gradient is a quarter of its size). Pooling a detached input
-  records nothing for backward, and nearest upsampling saves nothing either.
-* Narrow and fixed widths: ``Rn`` and ``E`` encoders have 16 channels, heads
-  work at min(C, 32) channels on a grid of at most 16x16. Nothing widens past
-  the boundary's channels.
+* Pool first. Nothing learned runs above the boundary's grid. Encoders work on
+  half the grid and upsample (the image encoder looks at a grid twice as fine as
+  its own, through one patchify conv), so their convs cost a quarter, and the
+  earlier boundary an ``Rn`` encoder must save for its weight gradient is a
+  quarter of its size. Pooling a detached input records nothing for backward,
+  and nearest upsampling saves nothing either. Heads pool whole windows with a
+  reshape and a mean (``WindowMean``), which saves nothing of the boundary.
+* Narrow widths that follow the boundary: encoders have at most 16 channels,
+  heads at most 32 on a grid of at most 8x8, and fewer where their convs would
+  cost more than ``HEAD_MACS`` multiply-adds per value of the boundary. On
+  networks whose layers are cheap (efficientnet_b0, mobilenetv3 at K=16) heads of
+  a fixed 32 channels on 16x16 cost 12-16% of the backbone's FLOPs. Nothing widens
+  past the boundary's channels.
 * Narrow context at full strength. Each source has a narrow encoder (conv ->
   ReLU, 16 channels; no BatchNorm, which would save a second tensor); their
   outputs are added to the boundary's first 16 n channels, and the next
@@ -30,13 +35,18 @@ full-width 1x1 conv before pooling, and heads widen to the network's width. At
 
 Bridges, on the boundary's grid H x W: h' = h + [concat(...); 0], of
 
-* image (``E``): pool to 2H x 2W -> Conv2x2/2(3 -> 16) -> ReLU;
+* image (``E``): pool to 2H' x 2W' (H' = ceil(H / 2)) -> Conv2x2/2(3 -> 16) -> ReLU
+  -> nearest upsample to H x W;
 * each earlier boundary (``Rn``): pool to H/2 x W/2 -> Conv1x1(C_in -> 16) -> ReLU
   -> nearest upsample to H x W.
 
-Heads ``<a>c<b>f`` on maps: pool to <= 16x16 (whole windows), then for a >= 1 a
-Conv1x1(C -> w) -> BN -> ReLU and a Conv3x3(w -> w) -> BN -> ReLU per conv layer,
-GAP, and the b linear layers. ``0c1f`` is GAP -> Linear, as in the paper.
+Heads ``<a>c<b>f`` on maps: pool to <= 8x8 (whole windows), then for a >= 1 a
+Conv1x1(C -> w) -> BN -> ReLU and a Conv3x3(w -> w) -> BN -> ReLU per conv layer
+(w from ``head_width``), GAP, and the b linear layers. ``0c1f`` is GAP -> Linear,
+as in the paper.
+
+``scaled-0.2`` builds contsup 0.2's modules (32-channel heads on <= 16x16, ``E``
+on the full grid, a gain from zero), so its runs load as trained.
 """
 
 from __future__ import annotations
@@ -62,15 +72,22 @@ __all__ = [
     "ImageEncoder",
     "BoundaryEncoder",
     "FusedBridge",
+    "HeadStyle",
+    "LEGACY_HEAD",
     "build_head",
+    "build_legacy_head",
+    "head_conv_macs",
+    "head_width",
     "ReconstructionDecoder",
     "design_of",
 ]
 
 CONTEXT_WIDTH = 16  # channels each source's encoder adds to the boundary
 IMAGE_HIDDEN = 16  # E encoder's hidden channels
-HEAD_WIDTH = 32  # heads' conv channels (fewer if the boundary has fewer)
-HEAD_GRID = 16  # heads pool their map to at most this many cells a side
+HEAD_WIDTH = 32  # heads' conv channels at most (fewer if the boundary has fewer)
+HEAD_MIN_WIDTH = 8  # ... and at least, whatever the budget (fewer if the boundary has fewer)
+HEAD_GRID = 8  # heads pool their map to at most this many cells a side
+HEAD_MACS = 16  # multiply-adds a head's convs may spend per value of its boundary
 
 
 def _norm_relu(channels: int) -> list[nn.Module]:
@@ -87,9 +104,9 @@ class BridgeStyle:
     paper's encoders add to all C); ``norm``:
     BatchNorm after each encoder's conv; ``gain``: ``zero`` (a learned per-channel
     gain that starts at 0) or ``none``; ``recent_grid``: ``half`` or ``full``, the
-    grid ``Rn`` encoders work on; ``image``: ``patchify`` (one 2x2 conv) or
-    ``conv3x3`` (two 3x3 convs, as the paper's E, on the image pooled to at most
-    twice the boundary's grid).
+    grid ``Rn`` encoders work on, and ``image_grid`` the one ``E`` works on; ``image``:
+    ``patchify`` (one 2x2 conv) or ``conv3x3`` (two 3x3 convs, as the paper's E, on
+    the image pooled to at most twice the encoder's grid).
     """
 
     band: int | None = CONTEXT_WIDTH
@@ -98,6 +115,7 @@ class BridgeStyle:
     gain: str = "none"
     recent_grid: str = "half"
     image: str = "patchify"
+    image_grid: str = "half"
 
 
 def _act(channels: int, norm: bool) -> list[nn.Module]:
@@ -105,16 +123,33 @@ def _act(channels: int, norm: bool) -> list[nn.Module]:
 
 
 def _fine_grid(image: Geometry, target: Geometry) -> tuple[Geometry, int]:
-    """The image pooled to twice the boundary's grid (or the boundary's, if smaller)."""
+    """The image pooled to twice ``target``'s grid (or to ``target``'s, if smaller)."""
     patch = 2 if image.height >= 2 * target.height and image.width >= 2 * target.width else 1
     return image.with_grid(patch * target.height, patch * target.width), patch
 
 
+def _divided(target: Geometry, grid: str) -> Geometry:
+    """The grid an encoder works on: the boundary's (``full``) or half of it (``half``)."""
+    divide = 2 if grid == "half" else 1
+    return target.with_grid(math.ceil(target.height / divide), math.ceil(target.width / divide))
+
+
+def _upsampled(grid: Geometry, target: Geometry) -> list[nn.Module]:
+    if (grid.height, grid.width) == (target.height, target.width):
+        return []
+    return [nn.Upsample(size=(target.height, target.width), mode="nearest")]
+
+
 class ImageEncoder(nn.Sequential):
-    """``E``'s narrow half: the image, area-pooled to twice the grid, then convs to the grid."""
+    """``E``'s narrow half: the image, area-pooled to twice its grid, then convs to the grid.
+
+    Its grid is half the boundary's (then nearest upsampling) unless ``style.image_grid``
+    is ``full``: at half the grid its conv costs a quarter, and it saves a quarter.
+    """
 
     def __init__(self, image: Geometry, target: Geometry, out: int, style: BridgeStyle):
-        fine, patch = _fine_grid(image, target)
+        grid = _divided(target, style.image_grid)
+        fine, patch = _fine_grid(image, grid)
         if style.image == "patchify":
             convs = [nn.Conv2d(image.channels, out, patch, patch), *_act(out, style.norm)]
         else:
@@ -123,24 +158,19 @@ class ImageEncoder(nn.Sequential):
                 *_act(IMAGE_HIDDEN, style.norm),
                 nn.Conv2d(IMAGE_HIDDEN, out, 3, padding=1),
                 *_act(out, style.norm),
-                pool_to(fine, target),
+                pool_to(fine, grid),
             ]
-        super().__init__(pool_to(image, fine), *convs)
+        super().__init__(pool_to(image, fine), *convs, *_upsampled(grid, target))
 
 
 class BoundaryEncoder(nn.Sequential):
     """``Rn``'s narrow half: an earlier boundary pooled to (half) the grid, 1x1 conv, ReLU."""
 
     def __init__(self, source: Geometry, target: Geometry, out: int, style: BridgeStyle):
-        divide = 2 if style.recent_grid == "half" else 1
-        coarse = source.with_grid(
-            math.ceil(target.height / divide), math.ceil(target.width / divide)
-        )
+        coarse = _divided(target, style.recent_grid)
         layers = [ToMap(source), pool_to(source, coarse), nn.Conv2d(source.channels, out, 1)]
         layers += _act(out, style.norm)
-        if divide > 1:
-            layers.append(nn.Upsample(size=(target.height, target.width), mode="nearest"))
-        super().__init__(*layers)
+        super().__init__(*layers, *_upsampled(coarse, target))
 
 
 class FusedBridge(nn.Module):
@@ -213,21 +243,117 @@ class TokenMean(nn.Module):
         return h[:, self.prefix_tokens :].mean(1)
 
 
-def _head_grid(geometry: Geometry) -> Geometry:
-    """The grid a head pools to: whole windows, at most ``HEAD_GRID`` cells a side."""
-    rows = math.ceil(geometry.height / math.ceil(geometry.height / HEAD_GRID))
-    cols = math.ceil(geometry.width / math.ceil(geometry.width / HEAD_GRID))
+@dataclass(frozen=True)
+class HeadStyle:
+    """How a scaled head sizes itself; the defaults are the ``scaled`` design's.
+
+    ``grid``: the most cells a side its convs run on; ``macs``: multiply-adds its
+    convs may spend per value of the boundary (the width shrinks to fit, down to
+    ``HEAD_MIN_WIDTH``), or None for ``HEAD_WIDTH`` at any boundary (contsup 0.2's).
+    """
+
+    grid: int = HEAD_GRID
+    macs: float | None = HEAD_MACS
+
+
+LEGACY_HEAD = HeadStyle(grid=16, macs=None)  # contsup 0.2's heads: 32 channels on <= 16x16
+
+
+class WindowMean(nn.Module):
+    """Average pooling over whole ``window``s, as a reshape and a mean.
+
+    Example::
+
+        WindowMean((4, 4))(torch.randn(2, 40, 28, 28)).shape  # (2, 40, 7, 7)
+
+    The same averages as ``AvgPool2d(window)``, but its backward keeps nothing:
+    ``avg_pool2d`` saves its input, and a head's input is the segment's output, which
+    the segment itself often does not keep (a block ending in BatchNorm or an add).
+    Saved, it was one more boundary-sized tensor per step: 147 MiB of
+    efficientnet_b0's 905 MiB at K=4, batch 32.
+    """
+
+    def __init__(self, window: tuple[int, int]):
+        super().__init__()
+        self.window = window
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = h.shape
+        rows, cols = self.window
+        return h.reshape(batch, channels, height // rows, rows, width // cols, cols).mean((3, 5))
+
+
+def _head_pool(geometry: Geometry, grid: Geometry) -> nn.Module:
+    """``pool_to``, with whole windows pooled by ``WindowMean`` (which saves nothing)."""
+    if geometry.height % grid.height or geometry.width % grid.width:
+        return pool_to(geometry, grid)
+    window = (geometry.height // grid.height, geometry.width // grid.width)
+    return nn.Identity() if window == (1, 1) else WindowMean(window)
+
+
+def _head_grid(geometry: Geometry, most: int) -> Geometry:
+    """The grid a head pools to: whole windows, at most ``most`` cells a side."""
+    rows = math.ceil(geometry.height / math.ceil(geometry.height / most))
+    cols = math.ceil(geometry.width / math.ceil(geometry.width / most))
     return geometry.with_grid(rows, cols)
 
 
-def build_head(config: str, geometry: Geometry, out_features: int, width: int) -> nn.Sequential:
+def head_conv_macs(channels: int, width: int, cells: int, convs: int) -> int:
+    """Multiply-adds per image of a head's convs: a 1x1 to ``width``, then ``convs`` 3x3.
+
+    Example::
+
+        >>> head_conv_macs(channels=40, width=16, cells=49, convs=1)  # 49 * (40*16 + 9*16*16)
+        144256
+    """
+    return cells * (channels * width + convs * 9 * width * width)
+
+
+def head_width(geometry: Geometry, convs: int, style: HeadStyle = HeadStyle()) -> int:
+    """A head's conv channels at ``geometry``: the most whose convs fit the style's budget.
+
+    Example::
+
+        >>> head_width(Geometry("NCHW", 40, 28, 28), convs=1)  # 16 x 40 x 28 x 28 MACs
+        31
+        >>> head_width(Geometry("NCHW", 256, 56, 56), convs=1)
+        32
+
+    The budget is ``style.macs`` per value of the boundary (C x H x W), so the head
+    costs little next to the layers that make and read that boundary: narrow or small
+    boundaries (where each backbone layer is cheap) get narrow heads. Between
+    ``HEAD_MIN_WIDTH`` and ``HEAD_WIDTH``, and never wider than the boundary.
+    """
+    channels = geometry.channels
+    widest, narrowest = min(channels, HEAD_WIDTH), min(channels, HEAD_MIN_WIDTH)
+    if style.macs is None:
+        return widest
+    grid = _head_grid(geometry, style.grid)
+    cells = grid.height * grid.width
+    budget = style.macs * channels * geometry.height * geometry.width
+    fits = (
+        w
+        for w in range(widest, narrowest, -1)
+        if head_conv_macs(channels, w, cells, convs) <= budget
+    )
+    return next(fits, narrowest)
+
+
+def build_head(
+    config: str,
+    geometry: Geometry,
+    out_features: int,
+    width: int,
+    style: HeadStyle = HeadStyle(),
+) -> nn.Sequential:
     """A local head that costs little at any resolution.
 
     Example::
 
         head = build_head("1c2f", Geometry("NCHW", 1024, 14, 14), out_features=1000, width=2048)
 
-    ``width`` (the network's final width) is not needed: widths here are fixed.
+    ``width`` (the network's final width) is not needed: widths here follow the
+    boundary (``head_width``).
     """
     convs, linears = parse_head(config)
     channels = geometry.channels
@@ -241,15 +367,18 @@ def build_head(config: str, geometry: Geometry, out_features: int, width: int) -
         return nn.Sequential(*layers, *linear_layers(channels, linears, out_features))
     layers = [ToMap(geometry)]
     if convs:
-        grid = _head_grid(geometry)
-        hidden = min(channels, HEAD_WIDTH)
-        layers += [pool_to(geometry, grid), nn.Conv2d(channels, hidden, 1, bias=False)]
+        grid = _head_grid(geometry, style.grid)
+        hidden = head_width(geometry, convs, style)
+        layers += [_head_pool(geometry, grid), nn.Conv2d(channels, hidden, 1, bias=False)]
         layers += _norm_relu(hidden)
         for _ in range(convs):
             layers += [nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), *_norm_relu(hidden)]
         channels = hidden
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
     return nn.Sequential(*layers, *linear_layers(channels, linears, out_features))
+
+
+build_legacy_head = partial(build_head, style=LEGACY_HEAD)
 
 
 class ReconstructionDecoder(nn.Sequential):
@@ -269,12 +398,12 @@ class ReconstructionDecoder(nn.Sequential):
 DESIGN = register_design(AuxDesign("scaled", FusedBridge, build_head, ReconstructionDecoder))
 # contsup 0.2's default: the same, with a learned gain that starts at zero on every
 # bridge. Runs and exports of 0.2 hold those gains and rebuild with it.
-LEGACY_STYLE = BridgeStyle(gain="zero")
+LEGACY_STYLE = BridgeStyle(gain="zero", image_grid="full")
 LEGACY = register_design(
     AuxDesign(
         "scaled-0.2",
         partial(FusedBridge, style=LEGACY_STYLE),
-        build_head,
+        build_legacy_head,
         ReconstructionDecoder,
     )
 )

@@ -10,6 +10,7 @@ from torch import nn
 
 import partitioner
 from contsup.budget import aux_budget
+from contsup.geometry import Geometry
 from contsup.learner import wrap
 from tests.conftest import create
 
@@ -137,3 +138,81 @@ def test_scaled_context_lands_in_the_first_channels_only(name, kwargs, size):
     else:
         assert torch.equal(out[:, width:], h[:, width:])
         assert not torch.equal(out[:, :width], h[:, :width])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100"])
+def test_aux_flops_stay_under_five_percent_where_layers_are_cheap(name):
+    """Issue 20's goal at 224 px, K=16, batch 32 (``contsup bench``'s cuts): heads and
+    bridges of fixed widths cost 12-16% of these backbones' FLOPs."""
+    learner = meta_learner(name, 16, batch=32, context="R1E", objective="memory")
+    assert budget_of(learner).fractions()["flops"] <= 0.05
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        Geometry("NCHW", 16, 112, 112),
+        Geometry("NCHW", 40, 28, 28),
+        Geometry("NCHW", 80, 14, 14),
+        Geometry("NCHW", 672, 7, 7),
+        Geometry("NCHW", 2048, 7, 7),
+        Geometry("NCHW", 256, 56, 56),
+    ],
+)
+@pytest.mark.parametrize("config", ["1c2f", "2c2f"])
+def test_head_convs_take_the_widest_width_within_their_budget(geometry, config):
+    """The built head's conv FLOPs are what ``head_conv_macs`` says, within
+    ``HEAD_MACS`` per boundary value, and one channel more would not be."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from contsup.auxiliary import scaled
+
+    head = scaled.build_head(config, geometry, out_features=10, width=0)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    width, count = convs[0].out_channels, len(convs) - 1
+    grid = scaled._head_grid(geometry, scaled.HEAD_GRID)
+    cells = grid.height * grid.width
+    end = next(i for i, m in enumerate(head) if isinstance(m, nn.AdaptiveAvgPool2d))
+    with FlopCounterMode(display=False) as counter:  # the convs only: no Linear yet
+        head[:end](torch.zeros(2, geometry.channels, geometry.height, geometry.width))
+    macs = counter.get_total_flops() // 2 // 2  # per image, multiply-adds
+    assert macs == scaled.head_conv_macs(geometry.channels, width, cells, count)
+    budget = scaled.HEAD_MACS * geometry.channels * geometry.height * geometry.width
+    narrowest = min(geometry.channels, scaled.HEAD_MIN_WIDTH)
+    assert narrowest <= width <= min(geometry.channels, scaled.HEAD_WIDTH)
+    assert width == narrowest or macs <= budget
+    if width < min(geometry.channels, scaled.HEAD_WIDTH):
+        assert scaled.head_conv_macs(geometry.channels, width + 1, cells, count) > budget
+
+
+def test_legacy_design_builds_the_modules_of_0_2():
+    """``scaled-0.2`` (runs of contsup 0.2) keeps 32-channel heads on <= 16x16 and E
+    on the boundary's own grid, whatever ``scaled`` now does."""
+    from contsup.auxiliary import get_design
+
+    legacy, thin = get_design("scaled-0.2"), get_design("scaled")
+    target = Geometry("NCHW", 40, 28, 28)
+    image = Geometry("NCHW", 3, 224, 224)
+    old, new = legacy.head("1c2f", target, 10, 0), thin.head("1c2f", target, 10, 0)
+    h = torch.zeros(2, 40, 28, 28)
+    assert old[:2](h).shape[-2:] == (14, 14) and new[:2](h).shape[-2:] == (7, 7)
+    assert old[2].out_channels == 32 > new[2].out_channels
+    old_e, new_e = legacy.bridge(target, [], image).image, thin.bridge(target, [], image).image
+    assert not any(isinstance(m, nn.Upsample) for m in old_e)
+    assert isinstance(new_e[-1], nn.Upsample)
+    x = torch.zeros(1, 3, 224, 224)
+    assert old_e(x).shape[-2:] == new_e(x).shape[-2:] == (28, 28)
+
+
+def test_heads_pool_whole_windows_without_saving_the_boundary():
+    """avg_pool2d saves its input: a boundary-sized tensor the segment may not keep."""
+    from contsup.auxiliary import scaled
+    from contsup.memory import SavedTensorTracker
+
+    h = torch.randn(4, 24, 56, 56, requires_grad=True)
+    pool = scaled.WindowMean((7, 7))
+    assert torch.allclose(pool(h), nn.AvgPool2d(7)(h), atol=1e-6)
+    for module, saves in ((pool, False), (nn.AvgPool2d(7), True)):
+        with SavedTensorTracker([]) as tracker:
+            module(h).sum()
+        assert (tracker.peak_bytes >= h.numel() * 4) == saves

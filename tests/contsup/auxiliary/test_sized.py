@@ -143,3 +143,21 @@ def test_paper_head_macs_count_the_heads_convs(config, geometry):
         head(torch.zeros(1, geometry.channels, geometry.height, geometry.width))
     conv_flops = counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
     assert sized.paper_head_macs(config, geometry, width=64) == conv_flops // 2
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_the_learning_yardstick_builds_only_the_papers_modules(shape):
+    """resnet32 at K=16 on 32 px (the yardstick's learner): no thin module, so nothing
+    the thin modules' widths do reaches it."""
+    from contsup.auxiliary import paper
+
+    x = torch.zeros(2, *shape)
+    learner = wrap(create("resnet32", in_chans=shape[0]), 16, context="R1E", example_input=x)
+    assert len(learner.bridges) == 15 and all(is_rich(b) for b in learner.bridges)
+    heads = learner.heads[:-1]
+    assert heads and all(_first_conv(h).kernel_size == (3, 3) for h in heads)
+    config = learner.aux_config
+    for head, g in zip(heads, learner.geometries):
+        torch.manual_seed(0)
+        built = paper.build_head(config.head, g, config.out_features, config.width, init=None)
+        assert repr(built) == repr(head)
