@@ -116,11 +116,14 @@ def test_a_run_with_momentum_heads_learns_digits(tmp_path):
     assert train(config)["test_accuracy"] >= 0.6
 
 
-def test_momentum_heads_refuse_a_pipeline(tmp_path):
+@pytest.mark.parametrize(
+    "option,flag", [({"pipeline": 2}, "--pipeline"), ({"compile": True}, "--compile")]
+)
+def test_momentum_heads_refuse_a_pipeline_and_compiling(tmp_path, option, flag):
     from contsup.trainer import TrainConfig, train
 
-    config = TrainConfig(dataset="digits", momentum_heads=0.99, pipeline=2, out=str(tmp_path))
-    with pytest.raises(ConfigError, match="without --pipeline"):
+    config = TrainConfig(dataset="digits", momentum_heads=0.99, out=str(tmp_path), **option)
+    with pytest.raises(ConfigError, match=f"without {flag}"):
         train(config)
 
 
