@@ -322,7 +322,24 @@ def suites() -> dict[str, list[dict]]:
                 "heads:scaled+bridges:paper",
             ),
         ],
-        "quick": yardstick("quick", QUICK),
+        "quick": [
+            *yardstick("quick", QUICK),
+            # scaled's rows above ran with its fixed widths; these with the widths sized
+            # by the boundary (narrower heads on <= 8x8 at 28 px, E on half the grid).
+            *(
+                _row(
+                    "quick",
+                    QUICK,
+                    RESNET32,
+                    f"K16 {c} scaled (boundary widths)",
+                    16,
+                    c,
+                    "scaled",
+                    baseline="quick/K16 R0 scaled (boundary widths)",
+                )
+                for c in ("R0", "R1E")
+            ),
+        ],  # fmt: skip
         "wide": wide,
         "ablation": ablation,
         "precision": fp32,
