@@ -66,8 +66,8 @@ def measured_peak(model: str, size, batch: int, k: int, cuts=None) -> dict[str, 
     """One training step after a warm-up step, measured two ways: as ``contsup bench``
     does (saved for backward + weights, gradients, momentum), and as the process's
     resident memory at its highest during the step, less what it held before, plus
-    the weights and momentum it already held (``MALLOC_MMAP_THRESHOLD_`` makes freed
-    tensors leave the process at once)."""
+    the weights, momentum and batch it already held (``MALLOC_MMAP_THRESHOLD_`` makes
+    freed tensors leave the process at once)."""
     net = timm.create_model(model)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *size, generator=g)
@@ -92,7 +92,9 @@ def measured_peak(model: str, size, batch: int, k: int, cuts=None) -> dict[str, 
 
     step()  # creates the momentum buffers
     optimizer.zero_grad(set_to_none=True)
+    # Weights and momentum (as many bytes as weights and gradients), and the batch.
     held = static_bytes(params, optimizer) - sum(p.numel() * p.element_size() for p in params)
+    held += x.numel() * x.element_size() + y.numel() * y.element_size()
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     with SavedTensorTracker(params) as tracker:
@@ -171,7 +173,7 @@ def markdown(results: list[dict], stamp: str) -> str:
         'the planner asked for `device="cpu"`. *bench*: a step measured as `contsup bench` '
         "does on the CPU (bytes saved for backward + weights, gradients, momentum); "
         "*process*: the process's resident memory at its highest during the step, less what "
-        "it held before, plus the weights and momentum it already held. Budgets are a "
+        "it held before, plus the weights, momentum and batch it already held. Budgets are a "
         "fraction of end-to-end's bench peak, or the planner's floor where that is higher, "
         "or (*least*) the least any K needs with its heads and bridges where the floor "
         "cannot be met.",

@@ -1,10 +1,13 @@
 """contsup.peak: a training step's peak, predicted on the meta device."""
 
+import copy
+
 import pytest
 import timm
 import torch
 
 import contsup
+from contsup.live_bytes import LiveBytes
 from contsup.peak import predict_step
 
 BATCH = 8
@@ -21,3 +24,34 @@ def test_units_priced_once_for_many_k_give_each_k_its_own_peak(context):
         alone = predict_step(learner, x, y)
         assert predict_step(learner, x, y, units=units) == alone
     assert len(units) < 1 + 2 + 3 + 4 + 6  # some units recurred
+
+
+def test_the_meta_walk_holds_what_a_real_step_holds_op_by_op():
+    """A real CPU step counted as the walk counts the meta one: the same bytes at the
+    peak, so nothing (a later unit's gradients, a freed input) is counted early or late."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20", num_classes=10)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    learner = contsup.wrap(model, 3, context="R1E", objective="memory", example_input=x)
+    meta = copy.deepcopy(learner).to("meta")
+    # On CUDA no CPU kernel's scratch is added: what is left is the tensors' bytes.
+    predicted = predict_step(meta, x.to("meta"), y.to("meta"), device="cuda")
+    with LiveBytes() as live:
+        learner.local_backward(x, y)
+    weights = sum(p.numel() * p.element_size() for p in learner.parameters())
+    batch = x.numel() * 4 + y.numel() * 8
+    assert 0 < predicted.unit < learner.k  # a unit after the first, not the optimizer step
+    assert predicted.grads > 0
+    real = 2 * weights + batch + live.peak  # weights and momentum outside the block
+    # The real step also holds the earlier units' detached losses and scores: bytes.
+    assert abs(predicted.total - predicted.margin - real) <= 4096
+
+
+def test_the_cpu_prediction_adds_a_convolution_backwards_scratch():
+    model = timm.create_model("resnet20", num_classes=10).to("meta")
+    x = torch.empty(BATCH, 3, 32, 32, device="meta")
+    y = torch.zeros(BATCH, dtype=torch.long, device="meta")
+    learner = contsup.wrap(model, 2, context="R1E", objective="memory", example_input=x)
+    cpu, cuda = predict_step(learner, x, y), predict_step(learner, x, y, device="cuda")
+    assert cpu.transient > cuda.transient
+    assert cpu.total > cuda.total - cuda.margin
