@@ -89,7 +89,14 @@ class StepPeak:
 
     @property
     def total(self) -> int:
-        return self.static + self.grads + self.saved + self.kept + self.transient + self.margin
+        return (
+            self.static
+            + self.grads
+            + self.saved
+            + self.kept
+            + self.transient
+            + self.margin
+        )
 
 
 def check_optimizer(optimizer: str) -> None:
@@ -99,7 +106,9 @@ def check_optimizer(optimizer: str) -> None:
 
 
 def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)
+    )
 
 
 def training_state_bytes(params: Sequence[torch.Tensor], optimizer: str = "sgd") -> int:
@@ -133,7 +142,11 @@ class _UnitPrice:
         """Its peak bytes; under bf16 autocast, activations halved plus bf16 weights."""
         if amp is None:
             return self.grads + self.saved + self.kept + self.transient
-        return self.grads + (self.saved + self.kept + self.transient) // 2 + self.weights // 2
+        return (
+            self.grads
+            + (self.saved + self.kept + self.transient) // 2
+            + self.weights // 2
+        )
 
 
 def predict_step(
@@ -166,8 +179,12 @@ def predict_step(
     check_optimizer(optimizer)
     static = (1 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
     scratch = _CPU_SCRATCH if device == "cpu" else None
-    with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
-        best = _peak_unit(meta, x, y, static, amp, scratch, {} if units is None else units)
+    with (
+        MemoizedMetaOps()
+    ):  # a planner walks the same ops on the same shapes at every K
+        best = _peak_unit(
+            meta, x, y, static, amp, scratch, {} if units is None else units
+        )
     # The optimizer step after the last unit: every gradient, and (torch's CPU loop)
     # two temporaries of one parameter's size (weight decay, Nesterov).
     largest = max((_nbytes([p]) for p in params), default=0)
@@ -202,7 +219,9 @@ def _peak_unit(
             units[key] = _price_unit(meta, k, x, y, carry, scratch)
         price = units[key]
         if price.bridged:
-            carry.keep(_empty(price.kept_input) if price.kept_input is not None else None)
+            carry.keep(
+                _empty(price.kept_input) if price.kept_input is not None else None
+            )
         carry.out = _empty(price.out)
         if static + batch + grads + price.total(amp) > best.total:
             if amp is None:
@@ -211,14 +230,19 @@ def _peak_unit(
                 saved = price.saved // 2 + price.weights // 2
                 kept, transient = price.kept // 2, price.transient // 2
             best = StepPeak(
-                static, saved, batch + kept, transient, unit=k, grads=grads + price.grads
+                static,
+                saved,
+                batch + kept,
+                transient,
+                unit=k,
+                grads=grads + price.grads,
             )
         grads += price.grads_made
     return best
 
 
 def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, scratch) -> _UnitPrice:
-    """Unit ``k``'s forward and backward from ``carry``, as ``local_units`` runs it,
+    """Unit ``k``'s forward and backward from ``carry``, as ``local_backward`` runs it,
     op by op on the meta device (``carry`` is left as it was: the caller moves it on)."""
     unit = meta.unit(k)
     # The unit's own parameters are all its backward can reach (the learner's whole
@@ -234,8 +258,10 @@ def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, scratch) -> _Uni
             None if carry.out is None else _empty(_layout(carry.out)),
             [None if t is None else _empty(_layout(t)) for t in carry.inputs],
         )
-        inherited = [live.record_of(t) for t in [walk.out, *walk.inputs] if t is not None]
-        meta.local_units(x, y, walk, k, k + 1)
+        inherited = [
+            live.record_of(t) for t in [walk.out, *walk.inputs] if t is not None
+        ]
+        _run_unit(meta, k, x, y, walk)
         out, kept_input = walk.out, walk.inputs[-1] if k else None
         del walk
         grads = [live.record_of(p.grad) for p in weights if p.grad is not None]
@@ -283,7 +309,14 @@ class _FusedAttention(TorchFunctionMode):
 
 
 def _fused_attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **rest
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    **rest,
 ):
     """The fused kernel's output, or None for a call it does not take (dropout, GQA)."""
     if dropout_p or rest.get("enable_gqa") or query.device.type != "meta":
@@ -304,6 +337,21 @@ def _convolution_backward_scratch(func, args, out) -> int:
 
 
 _CPU_SCRATCH = _convolution_backward_scratch
+
+
+def _run_unit(meta: LocalLearner, k: int, x, y, carry: Carry) -> None:
+    """Unit ``k``'s step as ``LocalLearner._run_unit`` takes it in ``local_units``:
+    forward, the bridge's output kept, backward, the output detached into ``carry``
+    (a test checks the bytes against a real step's)."""
+    raw = meta.raw_of(x) if meta.decoders else None
+    sources = carry.sources(k - 1, x) if k else []
+    loss, _, out, h = meta._unit_forward(k, x, y, carry.out, sources, raw)
+    if k:
+        carry.keep(h.detach())
+    del h
+    if loss.requires_grad:
+        loss.backward()
+    carry.out = out.detach()
 
 
 def _layout(t: torch.Tensor) -> tuple:
@@ -338,5 +386,7 @@ def predict_checkpoint(
     steps = [sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats)]
     unit = max(range(len(steps)), key=steps.__getitem__)
     static = training_state_bytes(list(part.parameters()), optimizer)
-    margin = int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
+    margin = (
+        int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
+    )
     return StepPeak(static, steps[unit], transient=transient, margin=margin, unit=unit)
