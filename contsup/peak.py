@@ -89,14 +89,7 @@ class StepPeak:
 
     @property
     def total(self) -> int:
-        return (
-            self.static
-            + self.grads
-            + self.saved
-            + self.kept
-            + self.transient
-            + self.margin
-        )
+        return self.static + self.grads + self.saved + self.kept + self.transient + self.margin
 
 
 def check_optimizer(optimizer: str) -> None:
@@ -106,9 +99,7 @@ def check_optimizer(optimizer: str) -> None:
 
 
 def _nbytes(tensors) -> int:
-    return sum(
-        t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)
-    )
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def training_state_bytes(params: Sequence[torch.Tensor], optimizer: str = "sgd") -> int:
@@ -142,11 +133,7 @@ class _UnitPrice:
         """Its peak bytes; under bf16 autocast, activations halved plus bf16 weights."""
         if amp is None:
             return self.grads + self.saved + self.kept + self.transient
-        return (
-            self.grads
-            + (self.saved + self.kept + self.transient) // 2
-            + self.weights // 2
-        )
+        return self.grads + (self.saved + self.kept + self.transient) // 2 + self.weights // 2
 
 
 def predict_step(
@@ -179,12 +166,8 @@ def predict_step(
     check_optimizer(optimizer)
     static = (1 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
     scratch = _CPU_SCRATCH if device == "cpu" else None
-    with (
-        MemoizedMetaOps()
-    ):  # a planner walks the same ops on the same shapes at every K
-        best = _peak_unit(
-            meta, x, y, static, amp, scratch, {} if units is None else units
-        )
+    with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
+        best = _peak_unit(meta, x, y, static, amp, scratch, {} if units is None else units)
     # The optimizer step after the last unit: every gradient, and (torch's CPU loop)
     # two temporaries of one parameter's size (weight decay, Nesterov).
     largest = max((_nbytes([p]) for p in params), default=0)
@@ -219,9 +202,7 @@ def _peak_unit(
             units[key] = _price_unit(meta, k, x, y, carry, scratch)
         price = units[key]
         if price.bridged:
-            carry.keep(
-                _empty(price.kept_input) if price.kept_input is not None else None
-            )
+            carry.keep(_empty(price.kept_input) if price.kept_input is not None else None)
         carry.out = _empty(price.out)
         if static + batch + grads + price.total(amp) > best.total:
             if amp is None:
@@ -258,9 +239,7 @@ def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, scratch) -> _Uni
             None if carry.out is None else _empty(_layout(carry.out)),
             [None if t is None else _empty(_layout(t)) for t in carry.inputs],
         )
-        inherited = [
-            live.record_of(t) for t in [walk.out, *walk.inputs] if t is not None
-        ]
+        inherited = [live.record_of(t) for t in [walk.out, *walk.inputs] if t is not None]
         _run_unit(meta, k, x, y, walk)
         out, kept_input = walk.out, walk.inputs[-1] if k else None
         del walk
@@ -318,12 +297,18 @@ def _fused_attention(
     scale=None,
     **rest,
 ):
-    """The fused kernel's output, or None for a call it does not take (dropout, GQA)."""
+    """The fused kernel's output, or None for a call it does not take (dropout, GQA,
+    values of another width than the queries)."""
     if dropout_p or rest.get("enable_gqa") or query.device.type != "meta":
         return None
-    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale
-    )
+    if not query.shape[-1] == key.shape[-1] == value.shape[-1]:
+        return None
+    try:
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale
+        )
+    except RuntimeError:  # shapes the fused kernel refuses: the math form prices them
+        return None
     return out[0]
 
 
@@ -386,7 +371,5 @@ def predict_checkpoint(
     steps = [sum(inputs[:k]) + s.activation_bytes for k, s in enumerate(part.stats)]
     unit = max(range(len(steps)), key=steps.__getitem__)
     static = training_state_bytes(list(part.parameters()), optimizer)
-    margin = (
-        int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
-    )
+    margin = int(CUDA_MARGIN * (static + steps[unit] + transient)) if device == "cuda" else 0
     return StepPeak(static, steps[unit], transient=transient, margin=margin, unit=unit)

@@ -5,10 +5,11 @@ import copy
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import contsup
 from contsup.live_bytes import LiveBytes
-from contsup.peak import predict_step
+from contsup.peak import _FusedAttention, predict_step
 
 BATCH = 8
 
@@ -55,3 +56,19 @@ def test_the_cpu_prediction_adds_a_convolution_backwards_scratch():
     cpu, cuda = predict_step(learner, x, y), predict_step(learner, x, y, device="cuda")
     assert cpu.transient > cuda.transient
     assert cpu.total > cuda.total - cuda.margin
+
+
+def _attention_peak(q: torch.Tensor) -> int:
+    with LiveBytes() as live:
+        F.scaled_dot_product_attention(q, q, q).sum().backward()
+    return live.peak
+
+
+def test_attention_is_walked_as_the_fused_kernel_a_cpu_runs():
+    real = _attention_peak(torch.randn(2, 3, 64, 16, requires_grad=True))
+    meta = torch.empty(2, 3, 64, 16, device="meta", requires_grad=True)
+    with _FusedAttention():
+        walked = _attention_peak(meta)
+    meta.grad = None
+    # Unaided, the meta device runs the math form, which saves the 64x64 attention.
+    assert walked == real < _attention_peak(meta)
