@@ -313,12 +313,15 @@ def _fused_attention(
 
 
 def _convolution_backward_scratch(func, args, out) -> int:
-    """oneDNN's CPU convolution backward reorders its input and the incoming gradient
-    into its own blocked layouts while it runs: about their bytes beside its outputs
-    (measured on this project's CPU; less for some depthwise and 1x1 convolutions)."""
+    """oneDNN's CPU convolution backward holds its own copies while it runs, beside
+    its outputs (measured on this project's CPU): the bytes of its input and incoming
+    gradient, and of two inputs for a strided convolution (whose incoming gradient is
+    smaller than its input); less for some depthwise and 1x1 convolutions."""
     if func is not torch.ops.aten.convolution_backward.default:
         return 0
-    return _nbytes(args[:2])
+    grad_out, x = _nbytes(args[:1]), _nbytes(args[1:2])
+    strided = any(s > 1 for s in args[4])
+    return x + (max(x, grad_out) if strided else grad_out)
 
 
 _CPU_SCRATCH = _convolution_backward_scratch
