@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import contsup
 from contsup.live_bytes import LiveBytes
-from contsup.peak import _FusedAttention, predict_step
+from contsup.peak import _convolution_backward_scratch, _FusedAttention, predict_step
 
 BATCH = 8
 
@@ -72,3 +72,16 @@ def test_attention_is_walked_as_the_fused_kernel_a_cpu_runs():
     meta.grad = None
     # Unaided, the meta device runs the math form, which saves the 64x64 attention.
     assert walked == real < _attention_peak(meta)
+
+
+def test_a_strided_convolutions_backward_holds_two_inputs_on_the_cpu():
+    x = torch.empty(8, 16, 32, 32, device="meta")
+    w = torch.empty(32, 16, 3, 3, device="meta")
+    backward = torch.ops.aten.convolution_backward.default
+    for stride in (1, 2):
+        grad = F.conv2d(x, w, stride=stride, padding=1)  # as large as the incoming gradient
+        args = (grad, x, w, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, [True] * 3)
+        # Stride 1: the input and the incoming gradient; 2: twice the (larger) input.
+        held = 2 * x.numel() * 4 if stride > 1 else (x.numel() + grad.numel()) * 4
+        assert _convolution_backward_scratch(backward, args, None) == held
+    assert _convolution_backward_scratch(torch.ops.aten.relu.default, (x,), None) == 0
