@@ -66,8 +66,8 @@ def measured_peak(model: str, size, batch: int, k: int, cuts=None) -> dict[str, 
     """One training step after a warm-up step, measured two ways: as ``contsup bench``
     does (saved for backward + weights, gradients, momentum), and as the process's
     resident memory at its highest during the step, less what it held before, plus
-    the weights and momentum it already held (``MALLOC_MMAP_THRESHOLD_`` makes freed
-    tensors leave the process at once)."""
+    the weights, momentum and batch it already held (``MALLOC_MMAP_THRESHOLD_`` makes
+    freed tensors leave the process at once)."""
     net = timm.create_model(model)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *size, generator=g)
@@ -92,7 +92,9 @@ def measured_peak(model: str, size, batch: int, k: int, cuts=None) -> dict[str, 
 
     step()  # creates the momentum buffers
     optimizer.zero_grad(set_to_none=True)
+    # Weights and momentum (as many bytes as weights and gradients), and the batch.
     held = static_bytes(params, optimizer) - sum(p.numel() * p.element_size() for p in params)
+    held += x.numel() * x.element_size() + y.numel() * y.element_size()
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     with SavedTensorTracker(params) as tracker:
@@ -130,7 +132,7 @@ def run_setting(model: str, size, batch: int) -> dict:
 
 def _planned(model: str, budget: int, batch: int) -> tuple[dict, int, tuple]:
     """The plan for ``budget``, or for the least any K needs where no K meets it."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fields = {}
     try:
         chosen = contsup.plan(model, memory=budget, batch_size=batch, context=CONTEXT, device="cpu")
@@ -143,6 +145,8 @@ def _planned(model: str, budget: int, batch: int) -> tuple[dict, int, tuple]:
     fields.update(
         budget_bytes=budget,
         plan_s=time.perf_counter() - start,
+        # CPU time: on a machine shared with other runs, wall-clock time measures them.
+        plan_cpu_s=time.process_time() - cpu,
         k=chosen.k,
         predicted_bytes=chosen.peak.total,
         predicted_saved_static_bytes=chosen.peak.saved + chosen.peak.static,
@@ -155,6 +159,10 @@ def _planned(model: str, budget: int, batch: int) -> tuple[dict, int, tuple]:
 
 def _cell(measured: dict, key: str) -> str:
     return f"{measured[key] / 2**20:.0f}" if key in measured else "-"
+
+
+def _cpu_cell(row: dict) -> str:
+    return f" ({row['plan_cpu_s']:.1f})" if "plan_cpu_s" in row else ""
 
 
 def _verdicts(row: dict, measure: str) -> tuple[bool, bool]:
@@ -171,13 +179,13 @@ def markdown(results: list[dict], stamp: str) -> str:
         'the planner asked for `device="cpu"`. *bench*: a step measured as `contsup bench` '
         "does on the CPU (bytes saved for backward + weights, gradients, momentum); "
         "*process*: the process's resident memory at its highest during the step, less what "
-        "it held before, plus the weights and momentum it already held. Budgets are a "
+        "it held before, plus the weights, momentum and batch it already held. Budgets are a "
         "fraction of end-to-end's bench peak, or the planner's floor where that is higher, "
         "or (*least*) the least any K needs with its heads and bridges where the floor "
         "cannot be met.",
         "",
         "| setting | budget | MiB | K | predicted | process | bench | fits | K-1 process | "
-        "K-1 bench | minimal | ckpt predicted | max batch | plan s |",
+        "K-1 bench | minimal | ckpt predicted | max batch | plan s (CPU s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     counts = {"planned": 0, "fits": 0, "minimal": 0, "minimal_bench": 0}
@@ -203,7 +211,7 @@ def markdown(results: list[dict], stamp: str) -> str:
                 f"{_cell(fewer, 'process')} | {_cell(fewer, 'bench')} | "
                 f"{'yes' if minimal else 'no'}{'' if minimal_bench else ' (bench: no)'} | "
                 f"{row['checkpoint_predicted_bytes'] / mib:.0f} | {row['max_batch_size']} | "
-                f"{row['plan_s']:.1f} |"
+                f"{row['plan_s']:.1f}{_cpu_cell(row)} |"
             )
     lines += [
         "",
@@ -212,7 +220,9 @@ def markdown(results: list[dict], stamp: str) -> str:
         f"{counts['fits']}; the plan is minimal (K-1 measured over the budget) in "
         f"{counts['minimal']} by the process's peak, {counts['minimal_bench']} by bench's. "
         "MiB throughout; K-1 is cut by memory with its heads and bridges, as the planner "
-        "cuts it.",
+        "cuts it. *plan s*: wall-clock seconds of the plan (two plans where a budget "
+        "is *least*: the refused one and the one at the least), and in brackets the "
+        "process's CPU seconds where recorded.",
     ]
     return "\n".join(lines) + "\n"
 

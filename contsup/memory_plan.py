@@ -430,7 +430,7 @@ def _largest_batch(planner: _Planner, learner: LocalLearner, peak: StepPeak, bud
     """The largest batch whose step fits at ``learner``'s cuts: the bytes that grow with
     the batch are nearly linear in it, so a guess from one point, checked and shrunk."""
     batch = planner.x.shape[0]
-    fixed = peak.static
+    fixed = peak.static + peak.grads  # weights, optimizer state and gradients: not the batch's
     per_sample = max(1.0, (peak.total - fixed) / batch)
     guess = min(_MAX_BATCH, int((budget - fixed) / per_sample))
     for _ in range(4):

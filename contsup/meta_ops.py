@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 __all__ = ["MemoizedMetaOps"]
 
 _MAX_ENTRIES = 4096
-_results: dict[tuple, tuple[tuple[tuple, tuple, torch.dtype], ...]] = {}
+_results: dict[tuple, tuple[tuple[tuple, tuple, torch.dtype] | None, ...]] = {}
 
 
 def _memoizable(func) -> bool:
@@ -89,13 +89,18 @@ class MemoizedMetaOps(TorchDispatchMode):
         if key not in _results:
             out = func(*args, **kwargs)
             outs = out if isinstance(out, tuple) else (out,)
-            if all(t.device.type == "meta" for t in outs):
+            # A backward op leaves out (None) the gradients nobody asked for.
+            if all(t is None or t.device.type == "meta" for t in outs):
                 if len(_results) >= _MAX_ENTRIES:
                     _results.clear()
-                _results[key] = tuple((tuple(t.shape), t.stride(), t.dtype) for t in outs)
+                _results[key] = tuple(
+                    None if t is None else (tuple(t.shape), t.stride(), t.dtype) for t in outs
+                )
             return out
         fresh = tuple(
-            torch.empty_strided(shape, stride, dtype=dtype, device="meta")
-            for shape, stride, dtype in _results[key]
+            None
+            if layout is None
+            else torch.empty_strided(*layout[:2], dtype=layout[2], device="meta")
+            for layout in _results[key]
         )
         return fresh if len(fresh) > 1 else fresh[0]

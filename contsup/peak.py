@@ -1,23 +1,34 @@
 """What a training step will hold at its peak, predicted on the meta device.
 
-``predict_step`` walks a learner built on the meta device unit by unit, as
-``local_backward`` does, and adds up what the step holds when its largest unit
-ends its forward pass (backward only frees from there):
+``predict_step`` runs a learner built on the meta device through one
+``local_backward`` step, unit by unit and op by op, forward and backward, and
+counts the bytes alive at each moment as a real run holds them (``LiveBytes``):
+autograd frees what it saved once backward has read it, a unit's gradients appear
+as its backward makes them, and the previous segment's output and the boundary
+inputs later bridges read live until the step lets go of them. The peak is the
+most bytes alive at once, by kind:
 
-* ``static``: weights, their gradients and the optimizer's state (SGD momentum:
-  one copy; AdamW's two moments: two), of the backbone and its heads and bridges;
-* ``saved``: what the unit's bridge, segment, head and loss save for backward;
-  under ``amp`` half of it (bf16 activations) plus the bf16 copies autocast
-  makes of the unit's weights;
-* ``kept``: boundary inputs later bridges read that the unit itself does not save;
-* ``transient``: twice the largest tensor the unit makes: during backward an op
-  holds the gradient flowing in beside the one it computes, each up to that size;
+* ``static``: weights and the optimizer's state (SGD momentum: one copy; AdamW's
+  two moments: two), of the backbone and its heads and bridges;
+* ``grads``: the gradients alive at the peak: those of the units before the one
+  that peaks, and what that unit's backward has made so far (the optimizer step
+  after the last unit holds them all);
+* ``saved``: what the unit saves for backward, alive at the peak; under ``amp``
+  half of it (bf16 activations) plus the bf16 copies autocast makes of the unit's
+  weights;
+* ``kept``: the batch, the previous segment's output and the boundary inputs
+  later bridges read, where the unit does not save them;
+* ``transient``: everything else alive at the peak: activations no op saves yet
+  to be dropped, and the gradients flowing through backward;
 * ``margin``: on CUDA, room for the caching allocator's rounding and
-  fragmentation (``CUDA_MARGIN`` of the rest).
+  fragmentation (``CUDA_MARGIN`` of the rest); on the CPU, ``CPU_MARGIN`` for
+  what kernels allocate that no tensor shows.
 
-On the CPU ``contsup bench`` measures ``static + saved`` exactly (the bytes
-autograd keeps, plus the static bytes); the transient, the autocast estimate and
-the CUDA margin are not calibrated against a measurement.
+What the meta device cannot see is left out: a CPU or GPU kernel's own scratch
+memory (a convolution's workspace), and the allocator's. On the CPU the process's
+measured peak is a few per cent below or above the prediction
+(``benchmarks/plan.py``); the autocast estimate and the CUDA margin are not
+calibrated against a measurement.
 
 Example::
 
@@ -28,21 +39,22 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 import partitioner
 from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
-from contsup.memory import SavedTensorTracker
+from contsup.live_bytes import LiveBytes
 from contsup.meta_ops import MemoizedMetaOps
 from contsup.network import Carry
 
 __all__ = [
+    "CPU_MARGIN",
     "CUDA_MARGIN",
     "OPTIMIZER_STATE_COPIES",
     "StepPeak",
@@ -54,22 +66,30 @@ __all__ = [
 
 OPTIMIZER_STATE_COPIES = {"sgd": 1, "adamw": 2}  # state tensors per parameter
 CUDA_MARGIN = 0.10  # the caching allocator's share; an allowance, not measured here
+# What CPU kernels hold beyond the tensors the walk sees (oneDNN's buffers): the
+# process's measured peak was 0-4.5% above the walk's (benchmarks/plan.py).
+CPU_MARGIN = 0.03
 
 
 @dataclass(frozen=True)
 class StepPeak:
-    """The bytes a training step holds at its peak, by kind (see the module's docstring)."""
+    """The bytes a training step holds at its peak, by kind (see the module's docstring).
+
+    ``unit``: the unit (segment) where the step peaks; the number of units for the
+    optimizer step after the last one.
+    """
 
     static: int
     saved: int
     kept: int = 0
     transient: int = 0
     margin: int = 0
-    unit: int = 0  # the unit (segment) where the step peaks
+    unit: int = 0
+    grads: int = 0
 
     @property
     def total(self) -> int:
-        return self.static + self.saved + self.kept + self.transient + self.margin
+        return self.static + self.grads + self.saved + self.kept + self.transient + self.margin
 
 
 def check_optimizer(optimizer: str) -> None:
@@ -93,31 +113,27 @@ def training_state_bytes(params: Sequence[torch.Tensor], optimizer: str = "sgd")
     return (2 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
 
 
-class _LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any op makes (the size of its gradient in backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel() * t.element_size())
-        return out
-
-
 @dataclass(frozen=True)
 class _UnitPrice:
-    """What one unit adds at its peak, and the shapes it leaves in the carry."""
+    """What one unit holds at its own peak beyond the step's static bytes and the
+    gradients of the units before it, what it leaves, and the shapes it leaves in
+    the carry."""
 
+    grads: int  # its gradients alive at its peak
     saved: int
-    kept: int
+    kept: int  # the carry it inherited, where not saved
     transient: int
+    grads_made: int  # its gradients, alive once it is done
+    weights: int  # its weights' bytes (autocast copies them)
     out: tuple  # (shape, stride, dtype) of the segment's output
     bridged: bool  # whether a bridge ran (and left its output in the carry)
     kept_input: tuple | None  # the bridge's output, None if no later bridge reads it
+
+    def total(self, amp: str | None) -> int:
+        """Its peak bytes; under bf16 autocast, activations halved plus bf16 weights."""
+        if amp is None:
+            return self.grads + self.saved + self.kept + self.transient
+        return self.grads + (self.saved + self.kept + self.transient) // 2 + self.weights // 2
 
 
 def predict_step(
@@ -144,67 +160,186 @@ def predict_step(
     ``units``: a dict this fills and reads, pricing each unit by what decides its
     price (its segment's cuts and the boundaries its carry holds), so that a planner
     walking many K of one model walks each distinct unit once. Share one only
-    between learners ``wrap`` built from one model, input, ``amp`` and aux options.
+    between learners ``wrap`` built from one model, input and aux options.
     """
-    static = training_state_bytes(list(meta.parameters()), optimizer)
+    params = list(meta.parameters())
+    check_optimizer(optimizer)
+    static = (1 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
+    scratch = _CPU_SCRATCH if device == "cpu" else None
     with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
-        best = _peak_unit(meta, x, y, static, amp, {} if units is None else units)
-    margin = int(CUDA_MARGIN * best.total) if device == "cuda" else 0
-    return StepPeak(best.static, best.saved, best.kept, best.transient, margin, best.unit)
+        best = _peak_unit(meta, x, y, static, amp, scratch, {} if units is None else units)
+    # The optimizer step after the last unit: every gradient, and (torch's CPU loop)
+    # two temporaries of one parameter's size (weight decay, Nesterov).
+    largest = max((_nbytes([p]) for p in params), default=0)
+    last = StepPeak(static, 0, _nbytes([x, y]), 2 * largest, 0, meta.k, _nbytes(params))
+    if last.total > best.total:
+        best = last
+    margin = int((CUDA_MARGIN if device == "cuda" else CPU_MARGIN) * best.total)
+    return replace(best, margin=margin)
 
 
 def _peak_unit(
-    meta: LocalLearner, x: torch.Tensor, y: torch.Tensor, static: int, amp: str | None, units
+    meta: LocalLearner,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    static: int,
+    amp: str | None,
+    scratch: Callable | None,
+    units: dict,
 ) -> StepPeak:
     """The peak of the unit where the step peaks, walked as ``local_backward`` runs
     (no margin)."""
     carry = Carry(meta.context)
     cuts = [tuple(t.node for t in b.tensors) for b in meta.partition.boundaries]
     recent = meta.context.recent
-    best = StepPeak(static, 0)
+    batch = _nbytes([x, y])  # the step holds the batch throughout
+    best, grads = StepPeak(static, 0, batch), 0
     for k in range(meta.k):
         # Unit k reads boundary k-1 and the `recent` boundary inputs before it, and
         # its segment ends at boundary k (the last at the model's end).
         key = (tuple(cuts[max(0, k - 1 - recent) : k + 1]), k == meta.k - 1)
         if key not in units:
-            units[key] = _price_unit(meta, k, x, y, carry, amp)
+            units[key] = _price_unit(meta, k, x, y, carry, scratch)
         price = units[key]
         if price.bridged:
             carry.keep(_empty(price.kept_input) if price.kept_input is not None else None)
         carry.out = _empty(price.out)
-        if price.saved + price.kept + price.transient > best.saved + best.kept + best.transient:
-            best = StepPeak(static, price.saved, price.kept, price.transient, unit=k)
+        if static + batch + grads + price.total(amp) > best.total:
+            if amp is None:
+                saved, kept, transient = price.saved, price.kept, price.transient
+            else:  # bf16: activations halved, plus the unit's weights in bf16
+                saved = price.saved // 2 + price.weights // 2
+                kept, transient = price.kept // 2, price.transient // 2
+            best = StepPeak(
+                static,
+                saved,
+                batch + kept,
+                transient,
+                unit=k,
+                grads=grads + price.grads,
+            )
+        grads += price.grads_made
     return best
 
 
-def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, amp: str | None) -> _UnitPrice:
-    """Unit ``k`` walked forward from ``carry`` (left as it was: the caller moves it on)."""
+def _price_unit(meta: LocalLearner, k: int, x, y, carry: Carry, scratch) -> _UnitPrice:
+    """Unit ``k``'s forward and backward from ``carry``, as ``local_backward`` runs it,
+    op by op on the meta device (``carry`` is left as it was: the caller moves it on)."""
     unit = meta.unit(k)
-    held = [t for t in [carry.out, *carry.inputs] if t is not None]
-    walk = Carry(carry.mode, carry.out, list(carry.inputs))
-    # The unit's own parameters are all its ops can save (the learner's whole list,
-    # looked up once per unit, would cost more than the walk at large K).
+    # The unit's own parameters are all its backward can reach (the learner's whole
+    # list, looked up once per unit, would cost more than the walk at large K).
     weights = [p for m in unit.modules() for p in m.parameters()]
-    with SavedTensorTracker(weights, forward_only=True) as tracker, _LargestOutput() as largest:
-        out = unit(x, walk, detach=True)
-        last = k == meta.k - 1
-        loss = F.cross_entropy(out, y) if last else meta.local_loss_of(k, out, y, None)
-        saved_keys = set(tracker.live)
-    saved = tracker.peak_bytes
-    if amp is not None:
-        saved = saved // 2 + _nbytes(weights) // 2
-    kept = _nbytes(t for t in held if t.untyped_storage()._cdata not in saved_keys)
-    del loss
+    for p in weights:
+        p.grad = None
+    with _FusedAttention(), LiveBytes(scratch) as live:
+        # The carry's tensors made afresh inside the walk: counted, and let go of
+        # when the unit lets go of them (the caller's copies stay outside it).
+        walk = Carry(
+            carry.mode,
+            None if carry.out is None else _empty(_layout(carry.out)),
+            [None if t is None else _empty(_layout(t)) for t in carry.inputs],
+        )
+        inherited = [live.record_of(t) for t in [walk.out, *walk.inputs] if t is not None]
+        _run_unit(meta, k, x, y, walk)
+        out, kept_input = walk.out, walk.inputs[-1] if k else None
+        del walk
+        grads = [live.record_of(p.grad) for p in weights if p.grad is not None]
+    for p in weights:
+        p.grad = None
+    grad_ids = {id(r) for r in grads if r is not None}
+    inherited_ids = {id(r) for r in inherited if r is not None}
+    kinds = {"grads": 0, "saved": 0, "kept": 0, "transient": live.peak_scratch}
+    for record in live.at_peak():
+        kind = (
+            "grads"
+            if id(record) in grad_ids
+            else "saved"
+            if record.saved
+            else "kept"
+            if id(record) in inherited_ids
+            else "transient"
+        )
+        kinds[kind] += record.nbytes
     bridged = unit.bridge is not None
-    kept_input = walk.inputs[-1] if bridged else None
     return _UnitPrice(
-        saved,
-        kept,
-        2 * largest.largest,
-        _layout(out),
-        bridged,
-        _layout(kept_input) if kept_input is not None else None,
+        **kinds,
+        grads_made=sum(r.nbytes for r in grads if r is not None),
+        weights=_nbytes(weights),
+        out=_layout(out),
+        bridged=bridged,
+        kept_input=_layout(kept_input) if bridged and kept_input is not None else None,
     )
+
+
+class _FusedAttention(TorchFunctionMode):
+    """``scaled_dot_product_attention`` as CPUs and GPUs run it: a fused kernel that
+    saves its output and log-sum-exp for backward. The meta device has no fused
+    kernel and falls back to the math form, which saves the attention matrix (for a
+    ViT at batch 32, some 300 MiB a real step never holds); the walk runs the fused
+    kernel's shape rules instead, where it takes the call."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            fused = _fused_attention(*args, **kwargs)
+            if fused is not None:
+                return fused
+        return func(*args, **kwargs)
+
+
+def _fused_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    **rest,
+):
+    """The fused kernel's output, or None for a call it does not take (dropout, GQA,
+    values of another width than the queries)."""
+    if dropout_p or rest.get("enable_gqa") or query.device.type != "meta":
+        return None
+    if not query.shape[-1] == key.shape[-1] == value.shape[-1]:
+        return None
+    try:
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale
+        )
+    except RuntimeError:  # shapes the fused kernel refuses: the math form prices them
+        return None
+    return out[0]
+
+
+def _convolution_backward_scratch(func, args, out) -> int:
+    """oneDNN's CPU convolution backward holds its own copies while it runs, beside
+    its outputs (measured on this project's CPU): the bytes of its input and incoming
+    gradient, and of two inputs for a strided convolution (whose incoming gradient is
+    smaller than its input); less for some depthwise and 1x1 convolutions."""
+    if func is not torch.ops.aten.convolution_backward.default:
+        return 0
+    grad_out, x = _nbytes(args[:1]), _nbytes(args[1:2])
+    strided = any(s > 1 for s in args[4])
+    return x + (max(x, grad_out) if strided else grad_out)
+
+
+_CPU_SCRATCH = _convolution_backward_scratch
+
+
+def _run_unit(meta: LocalLearner, k: int, x, y, carry: Carry) -> None:
+    """Unit ``k``'s step as ``LocalLearner._run_unit`` takes it in ``local_units``:
+    forward, the bridge's output kept, backward, the output detached into ``carry``
+    (a test checks the bytes against a real step's)."""
+    raw = meta.raw_of(x) if meta.decoders else None
+    sources = carry.sources(k - 1, x) if k else []
+    loss, _, out, h = meta._unit_forward(k, x, y, carry.out, sources, raw)
+    if k:
+        carry.keep(h.detach())
+    del h
+    if loss.requires_grad:
+        loss.backward()
+    carry.out = out.detach()
 
 
 def _layout(t: torch.Tensor) -> tuple:

@@ -180,11 +180,13 @@ def print_memory_plan(console: Console, plan: MemoryPlan) -> None:
     console.print(
         f"K={plan.k}, cut after {', '.join(plan.cuts) or 'nothing'}; optimizer "
         f"{plan.optimizer}" + (f", autocast {plan.amp}" if plan.amp else "") + "\n"
-        f"peak = {format_bytes(p.static)} weights, gradients and optimizer state + "
-        f"{format_bytes(p.saved)} saved for backward + {format_bytes(p.kept)} kept for "
-        f"bridges + {format_bytes(p.transient)} transient"
+        f"peak = {format_bytes(p.static)} weights and optimizer state + "
+        f"{format_bytes(p.grads)} gradients so far + {format_bytes(p.saved)} saved for "
+        f"backward + {format_bytes(p.kept)} batch and kept for bridges + "
+        f"{format_bytes(p.transient)} transient"
         + (f" + {format_bytes(p.margin)} allocator margin" if p.margin else "")
-        + f" (segment {p.unit})\n"
+        + (f" (segment {p.unit})" if p.unit < plan.k else " (the optimizer step)")
+        + "\n"
         f"largest batch at these cuts: {plan.max_batch_size}; least memory at any K "
         f"(the floor): {format_bytes(plan.floor_bytes)}"
         + (f"\nnot calibrated by a measurement: {'; '.join(notes)}" if notes else ""),

@@ -114,7 +114,7 @@ def test_bf16_autocast_is_predicted_smaller_and_said_to_be_uncalibrated(end_to_e
 
 def test_cuda_adds_the_allocator_margin(end_to_end):
     cuda = plan("1GiB", device="cuda")
-    assert cuda.peak.margin > 0 and end_to_end.peak.margin == 0
+    assert cuda.peak.margin > end_to_end.peak.margin > 0
     assert cuda.peak.total > end_to_end.peak.total
 
 
@@ -148,7 +148,8 @@ def test_the_planned_step_measured_on_the_cpu_fits_the_budget(tight):
 
     params, cpu = list(learner.parameters()), torch.device("cpu")
     peak, _, static, _ = measure(step, params, optimizer, cpu, (x, y), steps=1)
-    assert static == tight.peak.static
+    weights = sum(p.numel() * p.element_size() for p in params)
+    assert static == tight.peak.static + weights  # the measure counts every gradient
     assert peak <= tight.peak.total <= tight.memory_bytes
 
 

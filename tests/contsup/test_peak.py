@@ -1,11 +1,15 @@
 """contsup.peak: a training step's peak, predicted on the meta device."""
 
+import copy
+
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import contsup
-from contsup.peak import predict_step
+from contsup.live_bytes import LiveBytes
+from contsup.peak import _convolution_backward_scratch, _FusedAttention, predict_step
 
 BATCH = 8
 
@@ -21,3 +25,63 @@ def test_units_priced_once_for_many_k_give_each_k_its_own_peak(context):
         alone = predict_step(learner, x, y)
         assert predict_step(learner, x, y, units=units) == alone
     assert len(units) < 1 + 2 + 3 + 4 + 6  # some units recurred
+
+
+def test_the_meta_walk_holds_what_a_real_step_holds_op_by_op():
+    """A real CPU step counted as the walk counts the meta one: the same bytes at the
+    peak, so nothing (a later unit's gradients, a freed input) is counted early or late."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20", num_classes=10)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    learner = contsup.wrap(model, 3, context="R1E", objective="memory", example_input=x)
+    meta = copy.deepcopy(learner).to("meta")
+    # On CUDA no CPU kernel's scratch is added: what is left is the tensors' bytes.
+    predicted = predict_step(meta, x.to("meta"), y.to("meta"), device="cuda")
+    with LiveBytes() as live:
+        learner.local_backward(x, y)
+    weights = sum(p.numel() * p.element_size() for p in learner.parameters())
+    batch = x.numel() * 4 + y.numel() * 8
+    assert 0 < predicted.unit < learner.k  # a unit after the first, not the optimizer step
+    assert predicted.grads > 0
+    real = 2 * weights + batch + live.peak  # weights and momentum outside the block
+    # The real step also holds the earlier units' detached losses and scores: bytes.
+    assert abs(predicted.total - predicted.margin - real) <= 4096
+
+
+def test_the_cpu_prediction_adds_a_convolution_backwards_scratch():
+    model = timm.create_model("resnet20", num_classes=10).to("meta")
+    x = torch.empty(BATCH, 3, 32, 32, device="meta")
+    y = torch.zeros(BATCH, dtype=torch.long, device="meta")
+    learner = contsup.wrap(model, 2, context="R1E", objective="memory", example_input=x)
+    cpu, cuda = predict_step(learner, x, y), predict_step(learner, x, y, device="cuda")
+    assert cpu.transient > cuda.transient
+    assert cpu.total > cuda.total - cuda.margin
+
+
+def _attention_peak(q: torch.Tensor) -> int:
+    with LiveBytes() as live:
+        F.scaled_dot_product_attention(q, q, q).sum().backward()
+    return live.peak
+
+
+def test_attention_is_walked_as_the_fused_kernel_a_cpu_runs():
+    real = _attention_peak(torch.randn(2, 3, 64, 16, requires_grad=True))
+    meta = torch.empty(2, 3, 64, 16, device="meta", requires_grad=True)
+    with _FusedAttention():
+        walked = _attention_peak(meta)
+    meta.grad = None
+    # Unaided, the meta device runs the math form, which saves the 64x64 attention.
+    assert walked == real < _attention_peak(meta)
+
+
+def test_a_strided_convolutions_backward_holds_two_inputs_on_the_cpu():
+    x = torch.empty(8, 16, 32, 32, device="meta")
+    w = torch.empty(32, 16, 3, 3, device="meta")
+    backward = torch.ops.aten.convolution_backward.default
+    for stride in (1, 2):
+        grad = F.conv2d(x, w, stride=stride, padding=1)  # as large as the incoming gradient
+        args = (grad, x, w, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, [True] * 3)
+        # Stride 1: the input and the incoming gradient; 2: twice the (larger) input.
+        held = 2 * x.numel() * 4 if stride > 1 else (x.numel() + grad.numel()) * 4
+        assert _convolution_backward_scratch(backward, args, None) == held
+    assert _convolution_backward_scratch(torch.ops.aten.relu.default, (x,), None) == 0
