@@ -431,6 +431,18 @@ def suites() -> dict[str, list[dict]]:
                 decoder=DECODER,
             ),
             _row("gap", QUICK, RESNET18_64, "resnet18@64 E2E", 1, "R0", "sized"),
+            _row("gap", QUICK, RESNET18_64, "resnet18@64 K8 R0 sized", 8, "R0", "sized"),
+            _row(
+                "gap",
+                QUICK,
+                RESNET18_64,
+                "resnet18@64 K8 R1E sized momentum0.99",
+                8,
+                "R1E",
+                "sized",
+                baseline="gap/resnet18@64 K8 R0 sized",
+                momentum_heads=0.99,
+            ),
             # Each head looks through a moving average of the next segment (momentum heads).
             *(
                 _row(
