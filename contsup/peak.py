@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -328,17 +329,11 @@ _CPU_SCRATCH = _convolution_backward_scratch
 
 
 def _run_unit(meta: LocalLearner, k: int, x, y, carry: Carry) -> None:
-    """Unit ``k``'s step as ``LocalLearner._run_unit`` takes it in ``local_units``:
-    forward, the bridge's output kept, backward, the output detached into ``carry``
-    (a test checks the bytes against a real step's)."""
+    """Unit ``k``'s step as ``local_units`` takes it: ``LocalLearner._run_unit`` (forward,
+    the bridge's output kept, backward), then the output detached into ``carry`` (a test
+    checks the bytes against a real step's)."""
     raw = meta.raw_of(x) if meta.decoders else None
-    sources = carry.sources(k - 1, x) if k else []
-    loss, _, out, h = meta._unit_forward(k, x, y, carry.out, sources, raw)
-    if k:
-        carry.keep(h.detach())
-    del h
-    if loss.requires_grad:
-        loss.backward()
+    _, _, out = meta._run_unit(k, x, y, carry, raw, nullcontext())
     carry.out = out.detach()
 
 
