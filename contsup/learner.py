@@ -395,6 +395,7 @@ def wrap(
     example_input: torch.Tensor | None = None,
     num_classes: int | None = None,
     analysis: partitioner.Analysis | None = None,
+    meta_modules: dict | None = None,
 ) -> LocalLearner:
     """Cut ``model`` into ``k`` segments and add local heads and context bridges.
 
@@ -429,6 +430,10 @@ def wrap(
         num_classes: defaults to ``model.num_classes``.
         analysis: ``partitioner.analyze(model, example_input)``, reused instead of
             tracing the model again (a planner tries many K on one model).
+        meta_modules: for a model on the meta device only: a dict in which heads and
+            bridges are kept by what decides them, and shared by every learner wrapped
+            with it (a planner's learners are priced, never trained, and building
+            modules is most of the cost of wrapping one).
 
     The learner shares parameters with ``model``.
     """
@@ -466,11 +471,20 @@ def wrap(
     # initialising weights on the CPU only to drop them costs more than the rest of
     # wrap. Others are made on the CPU and moved, so seeded runs keep their weights.
     making = torch.device("meta") if device.type == "meta" else nullcontext()
+    if meta_modules is not None and device.type != "meta":
+        raise ConfigError("meta_modules shares modules between meta learners only")
+    shared = {} if meta_modules is None else meta_modules
+    taken: dict = {}  # how many of ``shared``'s modules of each kind this learner holds
     for i, target in enumerate(geometries):
-        with making:
-            head_module, decoder_module, bridge = config.modules_at(
-                target, gather_sources(i, mode, geometries, image)
-            )
+        sources = tuple(gather_sources(i, mode, geometries, image))
+        # Two boundaries alike take two modules: one learner never holds a module twice.
+        key = (config, target, sources)
+        made = shared.setdefault(key, [])
+        taken[key] = taken.get(key, 0) + 1
+        if len(made) < taken[key]:
+            with making:
+                made.append(config.modules_at(target, sources))
+        head_module, decoder_module, bridge = made[taken[key] - 1]
         heads.append(head_module)
         bridges.append(bridge)
         if decoder_module is not None:

@@ -196,6 +196,7 @@ class _Planner:
     device: str
     peaks: dict[int, StepPeak | None] = field(default_factory=dict)
     units: dict = field(default_factory=dict)  # predict_step's prices of the units walked
+    modules: dict = field(default_factory=dict)  # heads and bridges, shared by the learners
     # Only the last learner is kept: the search ends on the one it chose, and
     # every K's fx graphs kept alive would slow Python's garbage collector.
     last: tuple[int, LocalLearner] | None = None
@@ -233,6 +234,7 @@ class _Planner:
                     objective="memory",
                     example_input=self.x,
                     analysis=self.analysis,
+                    meta_modules=self.modules,
                     **self.options,
                 )
         except (ContsupError, partitioner.PartitionError):
@@ -243,7 +245,13 @@ class _Planner:
     def at_batch(self, learner: LocalLearner, batch: int) -> StepPeak:
         """The peak at ``learner``'s cuts with another batch size."""
         x = torch.empty((batch, *self.x.shape[1:]), device="meta")
-        other = wrap(self.net, cuts=learner.partition, example_input=x, **self.options)
+        other = wrap(
+            self.net,
+            cuts=learner.partition,
+            example_input=x,
+            meta_modules=self.modules,
+            **self.options,
+        )
         return self.predict(other, x)
 
 

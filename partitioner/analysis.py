@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -59,6 +59,9 @@ class Analysis:
     eval_values: dict[str, Any]
     costs: dict[str, NodeCost]
     cuts: list[tuple[Cut, Cut]]
+    # Segment graphs cut so far, by graph and edges: a planner splits many K, whose
+    # segments recur (graphs are never changed once cut, so they can be shared).
+    graphs: dict = field(default_factory=dict, repr=False)
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -199,10 +202,16 @@ class Analysis:
         """Split at the candidates numbered ``chosen`` (indices into ``cuts``)."""
         cuts = [self.cuts[i] for i in chosen]
         train_graphs = segment_graphs(
-            self.train, self.train_values, [(c.position, c.boundary) for c, _ in cuts]
+            self.train,
+            self.train_values,
+            [(c.position, c.boundary) for c, _ in cuts],
+            cache=self.graphs,
         )
         eval_graphs = segment_graphs(
-            self.eval, self.eval_values, [(e.position, e.boundary) for _, e in cuts]
+            self.eval,
+            self.eval_values,
+            [(e.position, e.boundary) for _, e in cuts],
+            cache=self.graphs,
         )
         segments = [Segment(self.model, t, e) for t, e in zip(train_graphs, eval_graphs)]
         assign_ownership(self.model, segments)

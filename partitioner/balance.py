@@ -12,6 +12,8 @@ import bisect
 from collections.abc import Sequence
 from itertools import accumulate
 
+import torch
+
 __all__ = ["min_max_partition", "uniform_partition", "group_sums"]
 
 
@@ -111,35 +113,37 @@ def _backtrack(choices: list[list[int]], n: int) -> list[int]:
 def _min_max_with_split_costs(
     costs: Sequence[float], k: int, split_costs: Sequence[tuple[float, float]]
 ) -> list[int]:
+    # The O(k n^2) recurrences run a group count at a time over all (i, j) pairs at
+    # once (float64, the same sums in the same order as Python's floats): a planner
+    # balances every K of a model, and in Python loops this was most of its time.
     n = len(costs)
-    prefix = [0, *accumulate(costs)]
+    prefix = torch.tensor([0.0, *accumulate(costs)], dtype=torch.float64)
     # Nothing is added before the first chunk or after the last.
-    before = [0.0, *(b for b, _ in split_costs), 0.0]  # before[j]: a group ending at j
-    after = [0.0, *(a for _, a in split_costs), 0.0]  # after[i]: a group starting at i
+    before = torch.tensor([0.0, *(b for b, _ in split_costs), 0.0], dtype=torch.float64)
+    after = torch.tensor([0.0, *(a for _, a in split_costs), 0.0], dtype=torch.float64)
+    # group[i, j]: the cost of chunks i..j-1 as one group; only i < j is a group.
+    group = prefix[None, :] - prefix[:, None] + after[:, None] + before[None, :]
+    index = torch.arange(n + 1)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
 
-    def group(i: int, j: int) -> float:
-        return prefix[j] - prefix[i] + after[i] + before[j]
+    def grouped(groups: int) -> torch.Tensor:
+        """Which (i, j) can end a split into ``groups``: i >= groups - 1 chunks before, i < j."""
+        return (index[:, None] >= groups - 1) & (index[:, None] < index[None, :])
 
-    best = [group(0, j) for j in range(n + 1)]
+    best = group[0].clone()
     for groups in range(2, k + 1):
-        best = [float("inf")] * groups + [
-            min(max(best[i], group(i, j)) for i in range(groups - 1, j))
-            for j in range(groups, n + 1)
-        ]
+        options = torch.where(grouped(groups), torch.maximum(best[:, None], group), inf)
+        best = torch.where(index >= groups, options.min(dim=0).values, inf)
     # Many splits reach the optimum (segments too small to matter can go anywhere);
     # of those, take the most even one: the least sum of squared group costs. That
     # spreads the small segments and avoids cuts whose split costs are high.
     bound = best[n] * (1 + 1e-9)
-    total = [group(0, j) ** 2 if group(0, j) <= bound else float("inf") for j in range(n + 1)]
+    fits = group <= bound
+    total = torch.where(fits[0], group[0] ** 2, inf)
     choices: list[list[int]] = []
     for groups in range(2, k + 1):
-        new_total = [float("inf")] * (n + 1)
-        choice = [0] * (n + 1)
-        for j in range(groups, n + 1):
-            for i in range(groups - 1, j):
-                cost = group(i, j)
-                if cost <= bound and total[i] + cost**2 < new_total[j]:
-                    new_total[j], choice[j] = total[i] + cost**2, i
-        total = new_total
-        choices.append(choice)
+        options = torch.where(grouped(groups) & fits, total[:, None] + group**2, inf)
+        new_total, choice = options.min(dim=0)  # the first i at the least, as a loop finds
+        total = torch.where(index >= groups, new_total, inf)
+        choices.append(choice.tolist())
     return _backtrack(choices, n)

@@ -26,7 +26,11 @@ __all__ = ["Segment", "assign_ownership", "segment_graphs"]
 
 
 def segment_graphs(
-    gm: fx.GraphModule, values: dict[str, Any], cuts: Sequence[tuple[int, tuple[str, ...]]]
+    gm: fx.GraphModule,
+    values: dict[str, Any],
+    cuts: Sequence[tuple[int, tuple[str, ...]]],
+    *,
+    cache: dict | None = None,
 ) -> list[fx.Graph]:
     """Cut ``gm`` after each ``(position, boundary names)`` into len(cuts) + 1 graphs.
 
@@ -37,7 +41,8 @@ def segment_graphs(
     Segment ``i`` takes the boundary tensors of cut ``i - 1`` as inputs (the model
     input for the first) and returns those of cut ``i`` (the model output for the
     last). Carried values (shape integers, flags, parameters) are re-created in
-    every segment that needs them.
+    every segment that needs them. With ``cache``, a segment between the same two
+    edges of the same ``gm`` is cut once and its graph shared.
     """
     nodes = list(gm.graph.nodes)
     by_name = {n.name: n for n in nodes}
@@ -45,7 +50,13 @@ def segment_graphs(
     edges = [(-1, (first_input,)), *((p, tuple(by_name[b] for b in names)) for p, names in cuts)]
     graphs = []
     for (start, inputs), (stop, outputs) in itertools.pairwise([*edges, (len(nodes) - 1, None)]):
-        graphs.append(_one_segment(gm, values, nodes, start, stop, inputs, outputs))
+        key = (id(gm), start, inputs, stop, outputs)
+        graph = None if cache is None else cache.get(key)
+        if graph is None:
+            graph = _one_segment(gm, values, nodes, start, stop, inputs, outputs)
+            if cache is not None:
+                cache[key] = graph
+        graphs.append(graph)
     return graphs
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import contsup
 import partitioner
+from contsup.errors import ConfigError
 from contsup.learner import wrap
 from contsup.memory import SavedTensorTracker
 from tests.conftest import create
@@ -188,3 +189,21 @@ def test_a_batch_of_another_shape_is_refused_with_the_fix():
         learner.local_backward(small, y)
     with pytest.raises(InputShapeError, match="example_input"):
         learner.eval()(small)
+
+
+def test_meta_learners_share_heads_and_bridges_but_never_hold_one_twice():
+    with torch.device("meta"):
+        model = create("resnet20", num_classes=10)
+    x = torch.empty(8, 3, 32, 32, device="meta")
+    shared = {}
+    first = wrap(model, 8, context="R1E", example_input=x, meta_modules=shared)
+    again = wrap(model, 8, context="R1E", example_input=x, meta_modules=shared)
+    alone = wrap(model, 8, context="R1E", example_input=x)
+    for learner in (first, alone):
+        modules = [*learner.heads, *learner.bridges]
+        assert len({id(m) for m in modules}) == len(modules)
+    assert [id(h) for h in again.heads] == [id(h) for h in first.heads]
+    sizes = [sum(p.numel() for p in learner.parameters()) for learner in (first, alone)]
+    assert sizes[0] == sizes[1]
+    with pytest.raises(ConfigError, match="meta learners only"):
+        wrap(create("resnet20", num_classes=10), 2, meta_modules={})

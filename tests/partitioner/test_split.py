@@ -49,3 +49,20 @@ def test_swin_boundaries_are_channels_last():
         create("vit_tiny_patch16_224", img_size=64), torch.randn(1, 3, 64, 64), k=3
     )
     assert {b.layout for b in vit.boundaries} == {"NLC"}
+
+
+def test_one_analysis_cuts_a_segment_once_and_it_runs_the_same_in_every_partition():
+    model = create("resnet20", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    analysis = partitioner.analyze(model, x)
+    cuts = [c.boundary[0] for c, _ in analysis.cuts]
+    first = analysis.split_at([cuts[2], cuts[5]])
+    second = analysis.split_at([cuts[2], cuts[7]])
+    # The segment before cuts[2] is the same graph in both; the ones after differ.
+    assert first.segments[0]._graphs[True] is second.segments[0]._graphs[True]
+    assert first.segments[1]._graphs[True] is not second.segments[1]._graphs[True]
+    for part in (first, second):
+        h = x
+        for segment in part.train().segments:
+            h = segment(h)
+        torch.testing.assert_close(h, model.train()(x), rtol=0, atol=0)
