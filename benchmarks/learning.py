@@ -443,6 +443,16 @@ def suites() -> dict[str, list[dict]]:
                 baseline="gap/resnet18@64 K8 R0 sized",
                 momentum_heads=0.99,
             ),
+            _row(
+                "gap",
+                QUICK,
+                RESNET18_64,
+                "resnet18@64 K8 R1E sized",
+                8,
+                "R1E",
+                "sized",
+                baseline="gap/resnet18@64 K8 R0 sized",
+            ),
             # Each head looks through a moving average of the next segment (momentum heads).
             *(
                 _row(
