@@ -224,20 +224,24 @@ def assign_ownership(model: nn.Module, segments: Sequence[Segment]) -> None:
         *model.named_parameters(remove_duplicate=False),
         *model.named_buffers(remove_duplicate=False),
     ]
+    # Each segment's names, kept up to date as it adopts: an adopted tensor is a
+    # relative for the next one.
+    held = [[n for n, _ in (*s.named_parameters(), *s.named_buffers())] for s in segments]
     for name, t in named:
         if id(t) not in owner:
-            owner[id(t)] = _nearest_relative(name, segments)
+            owner[id(t)] = _nearest_relative(name, held)
             segments[owner[id(t)]]._adopt(model, name)
+            held[owner[id(t)]].append(name)
 
 
-def _nearest_relative(path: str, segments: Sequence[Segment]) -> int:
-    """The segment holding the closest relative of ``path`` (the last one if none does)."""
-    names = [[n for n, _ in (*s.named_parameters(), *s.named_buffers())] for s in segments]
+def _nearest_relative(path: str, held: Sequence[Sequence[str]]) -> int:
+    """The segment whose ``held`` names include the closest relative of ``path`` (the
+    last one if none does)."""
     parts = path.split(".")[:-1]
     while parts:
         prefix = ".".join(parts) + "."
-        for i, segment_names in enumerate(names):
+        for i, segment_names in enumerate(held):
             if any(n.startswith(prefix) for n in segment_names):
                 return i
         parts.pop()
-    return len(segments) - 1
+    return len(held) - 1
