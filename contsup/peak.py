@@ -316,13 +316,14 @@ def _fused_attention(
 def _convolution_backward_scratch(func, args, out) -> int:
     """oneDNN's CPU convolution backward holds its own copies while it runs, beside
     its outputs (measured on this project's CPU): the bytes of its input and incoming
-    gradient, and of two inputs for a strided convolution (whose incoming gradient is
-    smaller than its input); less for some depthwise and 1x1 convolutions."""
+    gradient, and of two inputs for a strided dense convolution (whose incoming
+    gradient is smaller than its input). Strided grouped and depthwise convolutions
+    hold one input and the gradient (5x5 depthwise ones only the input)."""
     if func is not torch.ops.aten.convolution_backward.default:
         return 0
     grad_out, x = _nbytes(args[:1]), _nbytes(args[1:2])
-    strided = any(s > 1 for s in args[4])
-    return x + (max(x, grad_out) if strided else grad_out)
+    strided_dense = any(s > 1 for s in args[4]) and args[9] == 1
+    return x + (max(x, grad_out) if strided_dense else grad_out)
 
 
 _CPU_SCRATCH = _convolution_backward_scratch
