@@ -321,6 +321,9 @@ def suites() -> dict[str, list[dict]]:
                 "R1E",
                 "heads:scaled+bridges:paper",
             ),
+            # The thin heads' R0 with the widths sized by the boundary: the best R0 of
+            # any head design, the default's R1E must beat (scaled's rows ran before).
+            _row("core", CORE, RESNET32, "K16 R0 scaled (boundary widths)", 16, "R0", "scaled"),
         ],
         "quick": [
             *yardstick("quick", QUICK),
