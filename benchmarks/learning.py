@@ -323,7 +323,19 @@ def suites() -> dict[str, list[dict]]:
             ),
             # The thin heads' R0 with the widths sized by the boundary: the best R0 of
             # any head design, the default's R1E must beat (scaled's rows ran before).
-            _row("core", CORE, RESNET32, "K16 R0 scaled (boundary widths)", 16, "R0", "scaled"),
+            *(
+                _row(
+                    "core",
+                    CORE,
+                    RESNET32,
+                    f"K16 {c} scaled (boundary widths)",
+                    16,
+                    c,
+                    "scaled",
+                    baseline="core/K16 R0 scaled (boundary widths)",
+                )
+                for c in ("R0", "R1E")
+            ),
         ],
         "quick": [
             *yardstick("quick", QUICK),
