@@ -140,10 +140,10 @@ def _min_max_with_split_costs(
     bound = best[n] * (1 + 1e-9)
     fits = group <= bound
     total = torch.where(fits[0], group[0] ** 2, inf)
-    choices: list[list[int]] = []
+    choices: list[torch.Tensor] = []
     for groups in range(2, k + 1):
         options = torch.where(grouped(groups) & fits, total[:, None] + group**2, inf)
         new_total, choice = options.min(dim=0)  # the first i at the least, as a loop finds
         total = torch.where(index >= groups, new_total, inf)
-        choices.append(choice.tolist())
-    return _backtrack(choices, n)
+        choices.append(choice)
+    return _backtrack(torch.stack(choices).tolist() if choices else [], n)
