@@ -130,11 +130,12 @@ class _UnitPrice:
     bridged: bool  # whether a bridge ran (and left its output in the carry)
     kept_input: tuple | None  # the bridge's output, None if no later bridge reads it
 
-    def total(self, amp: str | None) -> int:
-        """Its peak bytes; under bf16 autocast, activations halved plus bf16 weights."""
+    def held(self, amp: str | None) -> tuple[int, int, int]:
+        """(saved, kept, transient) as the step holds them; under bf16 autocast the
+        activations halved, and the bf16 copies of the unit's weights saved too."""
         if amp is None:
-            return self.grads + self.saved + self.kept + self.transient
-        return self.grads + (self.saved + self.kept + self.transient) // 2 + self.weights // 2
+            return self.saved, self.kept, self.transient
+        return self.saved // 2 + self.weights // 2, self.kept // 2, self.transient // 2
 
 
 def predict_step(
@@ -205,20 +206,10 @@ def _peak_unit(
         if price.bridged:
             carry.keep(_empty(price.kept_input) if price.kept_input is not None else None)
         carry.out = _empty(price.out)
-        if static + batch + grads + price.total(amp) > best.total:
-            if amp is None:
-                saved, kept, transient = price.saved, price.kept, price.transient
-            else:  # bf16: activations halved, plus the unit's weights in bf16
-                saved = price.saved // 2 + price.weights // 2
-                kept, transient = price.kept // 2, price.transient // 2
-            best = StepPeak(
-                static,
-                saved,
-                batch + kept,
-                transient,
-                unit=k,
-                grads=grads + price.grads,
-            )
+        saved, kept, transient = price.held(amp)
+        here = StepPeak(static, saved, batch + kept, transient, unit=k, grads=grads + price.grads)
+        if here.total > best.total:
+            best = here
         grads += price.grads_made
     return best
 
