@@ -48,15 +48,13 @@ def segment_graphs(
     by_name = {n.name: n for n in nodes}
     first_input = next(n for n in nodes if n.op == "placeholder")
     edges = [(-1, (first_input,)), *((p, tuple(by_name[b] for b in names)) for p, names in cuts)]
+    cache = {} if cache is None else cache
     graphs = []
     for (start, inputs), (stop, outputs) in itertools.pairwise([*edges, (len(nodes) - 1, None)]):
         key = (id(gm), start, inputs, stop, outputs)
-        graph = None if cache is None else cache.get(key)
-        if graph is None:
-            graph = _one_segment(gm, values, nodes, start, stop, inputs, outputs)
-            if cache is not None:
-                cache[key] = graph
-        graphs.append(graph)
+        if key not in cache:
+            cache[key] = _one_segment(gm, values, nodes, start, stop, inputs, outputs)
+        graphs.append(cache[key])
     return graphs
 
 
