@@ -35,6 +35,7 @@ from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.config import TrainConfig
 from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
+from contsup.momentum_heads import check_momentum
 from contsup.oom import StepOutOfMemory
 from contsup.peak import (
     CUDA_MARGIN,
@@ -190,7 +191,7 @@ class _Planner:
 
     net: nn.Module
     x: torch.Tensor
-    options: dict[str, Any]  # wrap's context, aux, head
+    options: dict[str, Any]  # wrap's context, aux, head, momentum_heads
     optimizer: str
     amp: str | None
     device: str
@@ -264,6 +265,7 @@ def plan(
     context: str = "E",
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
+    momentum_heads: float | None = None,
     optimizer: str = "sgd",
     amp: str | None = None,
     device: str = "cuda",
@@ -281,7 +283,8 @@ def plan(
             left as it is).
         memory: the budget, ``24GiB`` or bytes.
         input_size: C, H, W of one input (default: the model's own).
-        context, aux, head: the heads and bridges training will use (``wrap``'s).
+        context, aux, head, momentum_heads: the heads and bridges training will use
+            (``wrap``'s).
         optimizer: ``sgd`` (momentum) or ``adamw`` (two moments).
         amp: None or ``bf16`` (autocast; estimated, not measured).
         device: ``cuda`` adds a margin for the caching allocator; ``cpu`` does not.
@@ -293,6 +296,8 @@ def plan(
     budget = parse_memory(memory)
     check_optimizer(optimizer)
     _check_aux_options(context, aux, head)
+    if momentum_heads is not None:
+        check_momentum(momentum_heads)
     if amp not in (None, "bf16"):
         raise ConfigError(f"amp takes bf16, got {amp!r}")
     if device not in ("cpu", "cuda"):
@@ -302,7 +307,7 @@ def plan(
     name, net = _meta_model(model, input_size, num_classes)
     size = tuple(input_size or net.pretrained_cfg["input_size"])
     x = torch.empty((batch_size, *size), device="meta")
-    options = dict(context=context, aux=aux, head=head)
+    options = dict(context=context, aux=aux, head=head, momentum_heads=momentum_heads)
     planner = _Planner(net, x, options, optimizer, amp, device)
     analysis = planner.analysis
     floor, piece = _floor(analysis, net, optimizer, device)
@@ -471,6 +476,7 @@ def plan_run(config: TrainConfig, memory: str | int) -> tuple[TrainConfig, Memor
         context=config.context,
         aux=config.aux,
         head=config.head,
+        momentum_heads=config.momentum_heads,
         optimizer=priced_optimizer(config.optimizer),
         amp=config.amp,
         device=_device_type(config),
@@ -514,6 +520,7 @@ def predict_run(config: TrainConfig) -> StepPeak:
             context=config.context,
             aux=config.aux,
             head=config.head,
+            momentum_heads=config.momentum_heads,
             objective=config.objective,
             example_input=x,
         )

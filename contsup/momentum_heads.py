@@ -26,7 +26,7 @@ from torch import nn
 
 from contsup.errors import ConfigError
 
-__all__ = ["MomentumHead", "check_momentum", "use_momentum_heads"]
+__all__ = ["MomentumHead", "check_momentum", "shadows", "use_momentum_heads"]
 
 
 def check_momentum(momentum: float) -> None:
@@ -88,6 +88,16 @@ class MomentumHead(nn.Module):
         if self.training:
             self.follow()
         return self.head(self.shadow(h))
+
+
+def shadows(learner) -> list[torch.Tensor]:
+    """The weights and statistics of ``learner``'s shadows: memory no optimizer holds.
+
+    Example::
+
+        sum(t.numel() for t in shadows(contsup.wrap(model, 16, momentum_heads=0.99)))
+    """
+    return [t for h in learner.heads if isinstance(h, MomentumHead) for t in h.shadow.buffers()]
 
 
 def use_momentum_heads(learner, momentum: float) -> None:

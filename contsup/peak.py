@@ -52,6 +52,7 @@ from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.live_bytes import LiveBytes
 from contsup.meta_ops import MemoizedMetaOps
+from contsup.momentum_heads import MomentumHead, shadows
 from contsup.network import Carry
 
 __all__ = [
@@ -166,7 +167,7 @@ def predict_step(
     """
     params = list(meta.parameters())
     check_optimizer(optimizer)
-    static = (1 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params)
+    static = (1 + OPTIMIZER_STATE_COPIES[optimizer]) * _nbytes(params) + _nbytes(shadows(meta))
     scratch = _CPU_SCRATCH if device == "cpu" else None
     with MemoizedMetaOps():  # a planner walks the same ops on the same shapes at every K
         best = _peak_unit(meta, x, y, static, amp, scratch, {} if units is None else units)
@@ -199,7 +200,10 @@ def _peak_unit(
     for k in range(meta.k):
         # Unit k reads boundary k-1 and the `recent` boundary inputs before it, and
         # its segment ends at boundary k (the last at the model's end).
-        key = (tuple(cuts[max(0, k - 1 - recent) : k + 1]), k == meta.k - 1)
+        # A momentum head runs the next segment's shadow too: its end decides as well.
+        shadowed = k < meta.k - 1 and isinstance(meta.heads[k], MomentumHead)
+        ahead = tuple(cuts[k + 1 : k + 2]) if shadowed else None
+        key = (tuple(cuts[max(0, k - 1 - recent) : k + 1]), k == meta.k - 1, ahead)
         if key not in units:
             units[key] = _price_unit(meta, k, x, y, carry, scratch)
         price = units[key]

@@ -121,8 +121,6 @@ def _check_recipe_pieces(config: TrainConfig) -> None:
                 "momentum heads need the next segment's live weights in the same process; "
                 "train them without --pipeline"
             )
-        if config.compile:
-            raise ConfigError("momentum heads are not compiled yet; train them without --compile")
 
 
 @dataclass

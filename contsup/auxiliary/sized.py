@@ -10,7 +10,12 @@ cost more than the backbone. So each module is chosen by what the paper's
 would cost, per image:
 
 * **the paper's bridge** where it saves at most ``RICH_LIMIT`` values for
-  backward (1 MiB in float32): every bridge of a network on 32 px images;
+  backward (1 MiB in float32) and its ``Rn`` encoders' 1x1 convs, which run at
+  each source's resolution and the boundary's full width, cost at most
+  ``RECENT_LIMIT`` multiply-adds (four times the most they cost on the CIFAR
+  ResNets): every bridge of a network on 32 px images. Without the second rule
+  an ``R1`` bridge at a late 224 px boundary (EfficientNet-B0's 672 channels at
+  14x14 into 192) was the paper's and cost 6.5% of the backbone's FLOPs alone;
 * **the paper's head** on feature maps where its convs cost at most
   ``HEAD_LIMIT`` multiply-adds (about twice the most they cost on the CIFAR
   ResNets): every head of a CIFAR ResNet;
@@ -35,15 +40,18 @@ from contsup.geometry import Geometry
 __all__ = [
     "DESIGN",
     "HEAD_LIMIT",
+    "RECENT_LIMIT",
     "RICH_LIMIT",
     "build_bridge",
     "build_head",
     "paper_head_macs",
+    "paper_recent_macs",
     "paper_saved_values",
 ]
 
 RICH_LIMIT = 2**18  # values the paper's bridge may save for backward, per image
 HEAD_LIMIT = 2**22  # multiply-adds the paper's head convs may cost per image
+RECENT_LIMIT = 2**21  # multiply-adds the paper's Rn encoders may cost per image
 
 
 def paper_saved_values(target: Geometry, sources: Sequence[Geometry], image: Geometry | None):
@@ -66,16 +74,30 @@ def paper_saved_values(target: Geometry, sources: Sequence[Geometry], image: Geo
     return values
 
 
+def paper_recent_macs(target: Geometry, sources: Sequence[Geometry]) -> int:
+    """Multiply-adds per image of the paper's ``Rn`` encoders at ``target``: a 1x1 conv
+    from each source's channels to the boundary's, at the source's resolution.
+
+    Example::
+
+        >>> paper_recent_macs(Geometry("NCHW", 64, 8, 8), [Geometry("NCHW", 32, 16, 16)])
+        524288
+    """
+    return sum(s.channels * target.channels * s.height * s.width for s in sources)
+
+
 def build_bridge(
     target: Geometry, sources: Sequence[Geometry], image: Geometry | None
 ) -> nn.Module:
-    """The paper's bridge if it saves at most ``RICH_LIMIT`` values per image, else the thin one.
+    """The paper's bridge if it saves at most ``RICH_LIMIT`` values per image and its
+    ``Rn`` encoders cost at most ``RECENT_LIMIT`` multiply-adds, else the thin one.
 
     Example::
 
         bridge = build_bridge(Geometry("NCHW", 64, 8, 8), [previous], image)  # the paper's at 32 px
     """
-    if paper_saved_values(target, sources, image) <= RICH_LIMIT:
+    cheap = paper_recent_macs(target, sources) <= RECENT_LIMIT
+    if cheap and paper_saved_values(target, sources, image) <= RICH_LIMIT:
         return paper.build_bridge(target, list(sources), image, init=None)
     return FusedBridge(target, sources, image)
 

@@ -24,6 +24,9 @@ def plan(
     context: Annotated[str, typer.Option(help="context mode training will use")] = "E",
     aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
+    momentum_heads: Annotated[
+        float | None, typer.Option(help="as training will use them: a decay (0.99)")
+    ] = None,
     optimizer: Annotated[str, typer.Option(help="sgd (momentum) | adamw")] = "sgd",
     amp: Annotated[str | None, typer.Option(help="bf16 (estimated)")] = None,
     device: Annotated[str, typer.Option(help="cuda (adds an allocator margin) | cpu")] = "cuda",
@@ -51,6 +54,7 @@ def plan(
             context=context,
             aux=aux,
             head=head,
+            momentum_heads=momentum_heads,
             optimizer=optimizer,
             amp=amp,
             device=device,

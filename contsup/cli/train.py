@@ -268,11 +268,6 @@ def _planned(config, memory: str, report: Console | None):
     """``config`` cut as the plan for ``memory`` says, with what was chosen printed."""
     from contsup.memory_plan import format_bytes, plan_run
 
-    if config.momentum_heads is not None:
-        raise UserError(
-            "--memory does not price momentum heads yet (each runs the next segment once "
-            "more); pass --k instead"
-        )
     config, chosen = plan_run(config, memory)
     if report is not None:
         report.print(

@@ -19,12 +19,14 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from contsup.data.parts import BatchPart
 from contsup.distributed.feed import Needs, data_part
-from contsup.distributed.layout import Layout, stage_costs
+from contsup.distributed.layout import Layout, mesh_sizes, stage_costs
 from contsup.distributed.replica import replicas, world
 from contsup.distributed.stage import Stage
 from contsup.distributed.wire import Clock, inbox, outbox
+from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.metrics import Evaluation, UnitTotals
+from contsup.momentum_heads import MomentumHead
 
 __all__ = ["Pipeline", "StageStep", "pipeline"]
 
@@ -74,6 +76,11 @@ class Pipeline:
         balance: str | list[float] = "cost",
         batch_size: int = 32,
     ):
+        if mesh_sizes(mesh)[0] > 1 and any(isinstance(h, MomentumHead) for h in learner.heads):
+            raise ConfigError(
+                "momentum heads need the next segment's live weights in the same process; "
+                "a pipeline takes a learner wrapped without them"
+            )
         self.learner = learner
         self.mesh = mesh
         self.device = torch.device(device) if device is not None else _device_of(learner)

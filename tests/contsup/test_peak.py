@@ -9,41 +9,54 @@ import torch.nn.functional as F
 
 import contsup
 from contsup.live_bytes import LiveBytes
+from contsup.momentum_heads import shadows
 from contsup.peak import _convolution_backward_scratch, _FusedAttention, predict_step
 
 BATCH = 8
 
 
+@pytest.mark.parametrize("momentum", [None, 0.99])
 @pytest.mark.parametrize("context", ["E", "R1E", "R0"])
-def test_units_priced_once_for_many_k_give_each_k_its_own_peak(context):
+def test_units_priced_once_for_many_k_give_each_k_its_own_peak(context, momentum):
+    """A momentum head's unit also runs the next segment's shadow: priced by its end too."""
     model = timm.create_model("resnet20", num_classes=10).to("meta")
     x = torch.empty(BATCH, 3, 32, 32, device="meta")
     y = torch.zeros(BATCH, dtype=torch.long, device="meta")
     units = {}
     for k in (1, 2, 3, 4, 6):
-        learner = contsup.wrap(model, k, context=context, objective="memory", example_input=x)
+        learner = contsup.wrap(
+            model, k, context=context, objective="memory", example_input=x, momentum_heads=momentum
+        )
         alone = predict_step(learner, x, y)
         assert predict_step(learner, x, y, units=units) == alone
-    assert len(units) < 1 + 2 + 3 + 4 + 6  # some units recurred
+    if momentum is None:
+        assert len(units) < 1 + 2 + 3 + 4 + 6  # some units recurred
 
 
-def test_the_meta_walk_holds_what_a_real_step_holds_op_by_op():
+@pytest.mark.parametrize("momentum", [None, 0.99])
+def test_the_meta_walk_holds_what_a_real_step_holds_op_by_op(momentum):
     """A real CPU step counted as the walk counts the meta one: the same bytes at the
-    peak, so nothing (a later unit's gradients, a freed input) is counted early or late."""
+    peak, so nothing (a later unit's gradients, a freed input, a momentum head's
+    shadow) is counted early or late."""
     torch.manual_seed(0)
     model = timm.create_model("resnet20", num_classes=10)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    learner = contsup.wrap(model, 3, context="R1E", objective="memory", example_input=x)
+    learner = contsup.wrap(
+        model, 3, context="R1E", objective="memory", example_input=x, momentum_heads=momentum
+    )
     meta = copy.deepcopy(learner).to("meta")
     # On CUDA no CPU kernel's scratch is added: what is left is the tensors' bytes.
     predicted = predict_step(meta, x.to("meta"), y.to("meta"), device="cuda")
     with LiveBytes() as live:
         learner.local_backward(x, y)
     weights = sum(p.numel() * p.element_size() for p in learner.parameters())
+    shadow_bytes = sum(t.numel() * t.element_size() for t in shadows(learner))
+    assert (shadow_bytes > 0) == (momentum is not None)
     batch = x.numel() * 4 + y.numel() * 8
     assert 0 < predicted.unit < learner.k  # a unit after the first, not the optimizer step
     assert predicted.grads > 0
-    real = 2 * weights + batch + live.peak  # weights and momentum outside the block
+    # Weights, their momentum and the shadows are held outside the block.
+    real = 2 * weights + shadow_bytes + batch + live.peak
     # The real step also holds the earlier units' detached losses and scores: bytes.
     assert abs(predicted.total - predicted.margin - real) <= 4096
 

@@ -73,6 +73,18 @@ def test_224_px_gets_the_thin_bridges_of_scaled(name):
     assert shapes == [[p.shape for p in b.parameters()] for b in thin.bridges]
 
 
+def test_an_rn_bridge_whose_convs_would_be_costly_is_the_thin_one():
+    """EfficientNet-B0's last R1 boundary at 224 px: it saves little (a 7x7 grid), but
+    the paper's 1x1 conv from 672 channels at 14x14 costs 25M multiply-adds an image."""
+    target, source = Geometry("NCHW", 192, 7, 7), Geometry("NCHW", 672, 14, 14)
+    assert sized.paper_saved_values(target, [source], None) <= sized.RICH_LIMIT
+    assert sized.paper_recent_macs(target, [source]) > sized.RECENT_LIMIT
+    assert isinstance(sized.build_bridge(target, [source], None), FusedBridge)
+    # A CIFAR ResNet's costliest R1 bridge (across a stage) stays the paper's.
+    small = Geometry("NCHW", 16, 32, 32)
+    assert is_rich(sized.build_bridge(Geometry("NCHW", 32, 16, 16), [small], None))
+
+
 def test_each_bridge_is_sized_by_itself(monkeypatch):
     """A limit between two boundaries' costs makes one network of both kinds."""
     learner = wrap(create("resnet20"), 4, context="R1E", example_input=torch.zeros(2, 3, 32, 32))
