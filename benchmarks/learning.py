@@ -358,21 +358,6 @@ def suites() -> dict[str, list[dict]]:
                 )
                 for c in ("R0", "R1E")
             ),
-            # How fast the shadow follows: 0 copies the live segment every step.
-            *(
-                _row(
-                    "gap",
-                    QUICK,
-                    RESNET32,
-                    f"K16 R1E sized momentum{decay}",
-                    16,
-                    "R1E",
-                    "sized",
-                    baseline="quick/K16 R0 sized",
-                    momentum_heads=decay,
-                )
-                for decay in (0.9, 0.0)
-            ),
         ],  # fmt: skip
         "wide": wide,
         "ablation": ablation,
