@@ -12,8 +12,8 @@ would cost, per image:
 * **the paper's bridge** where it saves at most ``RICH_LIMIT`` values for
   backward (1 MiB in float32) and its ``Rn`` encoders' 1x1 convs, which run at
   each source's resolution and the boundary's full width, cost at most
-  ``RECENT_LIMIT`` multiply-adds (four times the most they cost on the CIFAR
-  ResNets): every bridge of a network on 32 px images. Without the second rule
+  ``RECENT_LIMIT`` multiply-adds (four times an ``R1`` bridge's most on the
+  CIFAR ResNets): every bridge of a network on 32 px images. Without the second rule
   an ``R1`` bridge at a late 224 px boundary (EfficientNet-B0's 672 channels at
   14x14 into 192) was the paper's and cost 6.5% of the backbone's FLOPs alone;
 * **the paper's head** on feature maps where its convs cost at most
