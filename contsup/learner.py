@@ -270,6 +270,7 @@ class LocalLearner(nn.Module):
             )
             correct.append(hits)
             carry.out = out.detach()
+            del out, scores  # the carry holds the output alone: the next bridge lets go of it
         return losses, correct
 
     def compile_units(self, **options) -> None:
@@ -303,11 +304,15 @@ class LocalLearner(nn.Module):
         """Unit ``j``'s forward from the previous segment's output and the sources its
         bridge reads: ``(loss, scores, segment output, segment input)``."""
         h = x if j == 0 else self.bridges[j - 1](previous, sources, x)
+        return (*self._segment_forward(j, y, h, raw), h)
+
+    def _segment_forward(self, j: int, y, h, raw):
+        """Segment ``j`` on its input ``h``, then its loss: ``(loss, scores, output)``."""
         out = self.segments[j](h)
         if j == self.k - 1:
-            return F.cross_entropy(out.float(), y), out, out, h
+            return F.cross_entropy(out.float(), y), out, out
         scores = self.heads[j](out)
-        return self.local_loss_of(j, out, y, raw, scores), scores, out, h
+        return self.local_loss_of(j, out, y, raw, scores), scores, out
 
     def _run_unit(self, j: int, x, y, carry: Carry, raw, cast):
         """Unit ``j``'s forward and local backward: its loss, scores and output."""
@@ -316,10 +321,19 @@ class LocalLearner(nn.Module):
         with cast:
             if self._unit_steps:
                 loss, scores, out, h = self._unit_steps[j](self, x, y, carry.out, sources, raw)
+                if j:
+                    carry.keep(h.detach())
             else:
-                loss, scores, out, h = self._unit_forward(j, x, y, carry.out, sources, raw)
-        if j:
-            carry.keep(h.detach())
+                h = x
+                if j:
+                    # What only the bridge reads (the previous output, older boundary
+                    # inputs) is let go of before the segment runs, not held through
+                    # its forward and backward: a boundary tensor or two less at the peak.
+                    previous, carry.out = carry.out, None
+                    h = self.bridges[j - 1](previous, sources, x)
+                    del previous, sources
+                    carry.keep(h.detach())
+                loss, scores, out = self._segment_forward(j, y, h, raw)
         if loss.requires_grad:  # a segment with nothing to train (no weights, R0) skips
             loss.backward()
         return loss, scores, out
