@@ -302,7 +302,9 @@ class LocalLearner(nn.Module):
 
     def _unit_forward(self, j: int, x, y, previous, sources, raw):
         """Unit ``j``'s forward from the previous segment's output and the sources its
-        bridge reads: ``(loss, scores, segment output, segment input)``."""
+        bridge reads: ``(loss, scores, segment output, segment input)``. The compiled
+        unit step (one pure function); the eager ``_run_unit`` runs the same two parts
+        itself, so that it can let go of the bridge's inputs between them."""
         h = x if j == 0 else self.bridges[j - 1](previous, sources, x)
         return (*self._segment_forward(j, y, h, raw), h)
 

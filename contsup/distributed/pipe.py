@@ -26,7 +26,7 @@ from contsup.distributed.wire import Clock, inbox, outbox
 from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.metrics import Evaluation, UnitTotals
-from contsup.momentum_heads import MomentumHead
+from contsup.momentum_heads import shadows
 
 __all__ = ["Pipeline", "StageStep", "pipeline"]
 
@@ -76,7 +76,7 @@ class Pipeline:
         balance: str | list[float] = "cost",
         batch_size: int = 32,
     ):
-        if mesh_sizes(mesh)[0] > 1 and any(isinstance(h, MomentumHead) for h in learner.heads):
+        if mesh_sizes(mesh)[0] > 1 and shadows(learner):
             raise ConfigError(
                 "momentum heads need the next segment's live weights in the same process; "
                 "a pipeline takes a learner wrapped without them"
