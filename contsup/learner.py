@@ -30,7 +30,7 @@ from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.mixing import hard_labels
-from contsup.momentum_heads import use_momentum_heads
+from contsup.momentum_heads import MomentumHead, use_momentum_heads
 from contsup.network import Carry, ContextNetwork, Unit
 from contsup.oom import StepOutOfMemory
 
@@ -269,6 +269,11 @@ class LocalLearner(nn.Module):
                 else y.new_zeros((), dtype=torch.long)
             )
             correct.append(hits)
+            if j + 1 < stop and isinstance(self.heads[j], MomentumHead):
+                # Now: after the unit's backward (its graph saved the shadow's weights),
+                # before the next segment steps; a pipeline stage's last head follows
+                # with the weights the stage after it sends (contsup.distributed).
+                self.heads[j].follow()
             carry.out = out.detach()
             del out, scores  # the carry holds the output alone: the next bridge lets go of it
         return losses, correct

@@ -9,7 +9,12 @@ j+1's output. Segment j's loss then sees through the layers that will read it.
 
 The shadow is never trained: its weights are buffers, outside every segment and
 optimizer, and its gradient only passes through to segment j. It follows the live
-segment at the start of each training forward, so its lag is one step. The last
+segment once per training step, after unit j's backward and before segment j+1
+runs: it averages in the weights segment j+1 trains with in this step, for the next
+step. That lag (the shadow a step behind the weights it last averaged in) is what a
+pipeline stage can have without waiting for the stage after it, which sends
+segment j+1's weights as its step starts (``contsup.distributed.shadow_feed``): a
+pipeline trains what one process trains, bitwise. The last
 local head borrows the final segment, which ends in the classifier: its logits are
 the head's scores. Cost: each unit runs the next segment once more, forward and
 backward, and saves its activations (ResNet-32 at 32 px, K=16, R1E: the step's
@@ -70,23 +75,37 @@ class MomentumHead(nn.Module):
         self.shadow = _frozen_copy(next_segment)
         self.head = head
         self.momentum = momentum
+        weights = dict(next_segment.named_parameters())
+        # Which shadow buffers are weights (averaged), in the shadow's order; the rest
+        # are statistics (copied).
+        self._averaged = [name in weights for name, _ in self.shadow.named_buffers()]
+
+    def live_values(self) -> list[torch.Tensor]:
+        """The live segment's weights and statistics, in the order of the shadow's
+        buffers: what ``follow`` reads (a pipeline sends them from the next stage)."""
+        live = self._live[0]
+        state = dict(live.named_parameters()) | dict(live.named_buffers())
+        return [state[name] for name, _ in self.shadow.named_buffers()]
 
     @torch.no_grad()
-    def follow(self) -> None:
+    def follow(self, values: list[torch.Tensor] | None = None) -> None:
         """shadow <- momentum * shadow + (1 - momentum) * live, for every weight; the
-        live segment's BatchNorm statistics are copied as they are."""
-        live = self._live[0]
-        params = dict(live.named_parameters())
-        buffers = dict(live.named_buffers())
-        for name, value in self.shadow.named_buffers():
-            if name in params:
-                value.lerp_(params[name], 1.0 - self.momentum)
+        live segment's BatchNorm statistics are copied as they are. ``values``: the
+        live segment's tensors as ``live_values`` orders them (default: read them).
+
+        Example::
+
+            head.follow()      # LocalLearner.local_units calls it after the unit's backward
+        """
+        values = self.live_values() if values is None else values
+        pairs = zip(self.shadow.buffers(), values, self._averaged, strict=True)
+        for shadow, value, averaged in pairs:
+            if averaged:
+                shadow.lerp_(value, 1.0 - self.momentum)
             else:
-                value.copy_(buffers[name])
+                shadow.copy_(value)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.follow()
         return self.head(self.shadow(h))
 
 

@@ -42,7 +42,6 @@ from contsup.checkpoint_manager import CheckpointManager
 from contsup.config import TrainConfig
 from contsup.data import Batches, BatchPart, steps_per_epoch
 from contsup.distributed import Pipeline, StageStep, init_mesh, pipeline
-from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.memory import PeakMemory
 from contsup.metrics import EpochRecord, UnitTotals, write_metrics
@@ -116,11 +115,6 @@ def _check_recipe_pieces(config: TrainConfig) -> None:
     check_mixing(config.mixup, config.cutmix, config.label_smoothing, config.local_loss)
     if config.momentum_heads is not None:
         check_momentum(config.momentum_heads)
-        if config.pipeline > 1:
-            raise ConfigError(
-                "momentum heads need the next segment's live weights in the same process; "
-                "train them without --pipeline"
-            )
 
 
 @dataclass

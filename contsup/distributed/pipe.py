@@ -19,14 +19,13 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from contsup.data.parts import BatchPart
 from contsup.distributed.feed import Needs, data_part
-from contsup.distributed.layout import Layout, mesh_sizes, stage_costs
+from contsup.distributed.layout import Layout, stage_costs
 from contsup.distributed.replica import replicas, world
+from contsup.distributed.shadow_feed import shadow_feed
 from contsup.distributed.stage import Stage
 from contsup.distributed.wire import Clock, inbox, outbox
-from contsup.errors import ConfigError
 from contsup.learner import LocalLearner
 from contsup.metrics import Evaluation, UnitTotals
-from contsup.momentum_heads import shadows
 
 __all__ = ["Pipeline", "StageStep", "pipeline"]
 
@@ -76,11 +75,6 @@ class Pipeline:
         balance: str | list[float] = "cost",
         batch_size: int = 32,
     ):
-        if mesh_sizes(mesh)[0] > 1 and shadows(learner):
-            raise ConfigError(
-                "momentum heads need the next segment's live weights in the same process; "
-                "a pipeline takes a learner wrapped without them"
-            )
         self.learner = learner
         self.mesh = mesh
         self.device = torch.device(device) if device is not None else _device_of(learner)
@@ -94,6 +88,8 @@ class Pipeline:
         self.clock = Clock()
         self.inbox = inbox(self.layout, learner.context, self.device, self.clock)
         self.outbox = outbox(self.layout, learner.context, self.device, self.clock)
+        # Momentum heads at the stage's ends: weights sent back, and followed.
+        self.shadow_out, self.shadow_in = shadow_feed(learner, self.layout, self.clock)
         self.data_part = data_part(self.layout)  # what this rank loads of every batch
         self.needs_after = Needs.after(learner, self.layout.units)  # what later stages read
         self.computing = 0.0  # seconds in this stage's units
@@ -177,6 +173,7 @@ class Pipeline:
         """
         units, size = self.units, self.data_part.size(part.total)
         self.data_parallel.broadcast_buffers(self.owned.buffers())
+        self.shadow_out.send()  # the weights the stage before's last head follows
         losses, correct, logits = [0.0] * len(units), [0] * len(units), None
         if size:  # a replica whose slice of a small last batch is empty sits it out
             carry, part = self.inbox.receive(part)
@@ -192,6 +189,7 @@ class Pipeline:
             self.computing += time.perf_counter() - started
             self.outbox.send(carry, self.needs_after.sent(part, self.learner))
             logits = carry.out if self.last else None
+        self.shadow_in.follow()  # what local_units does between its units, one process
         self.data_parallel.average_gradients(self.parameters(), size / part.total)
         return StageStep(units, losses, correct, size, logits)
 
@@ -262,8 +260,9 @@ class Pipeline:
         return tensor
 
     def flush(self) -> None:
-        """Wait until the last boundary tensors sent have been received."""
+        """Wait until the last boundary tensors and weights sent have been received."""
         self.outbox.flush()
+        self.shadow_out.flush()
 
 
 def _head_scorer(learner: LocalLearner, totals: UnitTotals, y: torch.Tensor):

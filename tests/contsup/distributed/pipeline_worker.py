@@ -81,15 +81,17 @@ def reference(learner, train, test):
     return losses, correct / sum(len(y) for _, y in test)
 
 
-def check(mesh, context: str, exact: bool) -> dict:
+def check(mesh, name: str, exact: bool) -> dict:
+    context, momentum, _ = name.partition("+momentum")  # R1E+momentum: momentum heads
     torch.manual_seed(0)
     model = timm.create_model("resnet20", num_classes=10) if exact else Plain()
     # Replicas agree with one process only without batch norm: heads without convolutions,
     # and scaled's thin bridges (the default's at 16 px are the paper's, with BatchNorm).
     head, aux = ("1c2f", "sized") if exact else ("0c2f", "scaled")
     learner = wrap(
-        model, 4, context=context, head=head, aux=aux, example_input=torch.zeros(2, *IMAGE)
-    )
+        model, 4, context=context, head=head, aux=aux, example_input=torch.zeros(2, *IMAGE),
+        momentum_heads=0.9 if momentum else None,
+    )  # fmt: skip
     twin = copy.deepcopy(learner)
     train, test = batches(BATCHES, 1), batches([16, 7], 2)
     ref_losses, ref_accuracy = reference(twin, train, test)
@@ -144,7 +146,7 @@ def main() -> None:
     for stages in sizes:
         mesh = init_device_mesh("cpu", (world // stages, stages), mesh_dim_names=("dp", "pp"))
         exact = world == stages  # one replica: bitwise; several: BN-free, within tolerance
-        for context in ("R0", "E", "R1E", "R2E") if exact else ("R1E",):
+        for context in ("R0", "E", "R1E", "R2E", "R1E+momentum") if exact else ("R1E",):
             results[f"P{stages}-{context}"] = check(mesh, context, exact)
         if not exact:
             results[f"buffers-P{stages}"] = replica_buffers(mesh)

@@ -205,7 +205,8 @@ def test_unit_seconds_leave_the_learner_as_it_was():
 
 @pytest.mark.parametrize("world,sizes", [(2, [2]), (4, [4, 2])])
 def test_pipelined_learner_equals_one_process(tmp_path, world, sizes):
-    """P stages (dp=1) are bitwise one process for R0, E, R1E, R2E; dp=2 is close."""
+    """P stages (dp=1) are bitwise one process for R0, E, R1E, R2E and R1E with momentum
+    heads (their shadows follow weights sent back across stages); dp=2 is close."""
     # Run as a module from the repository: a script's own folder would come first on
     # sys.path, and tests/contsup would shadow the contsup package.
     worker = ["-m", "tests.contsup.distributed.pipeline_worker"]
