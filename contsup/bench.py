@@ -42,6 +42,7 @@ from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
+from contsup.momentum_heads import shadows
 from contsup.network import Carry
 from contsup.oom import StepOutOfMemory
 from contsup.optimizers import fused_step
@@ -250,7 +251,7 @@ def _local_runs(
         runs.append(("local", local, wrap(meta_model, k, example_input=meta_x, **local)))
     # The floor runs at the first context row's cuts: the two then differ only
     # by what its heads and bridges add.
-    floor = dict(options, context="R0", head="0c1f", cuts=runs[0][2].partition)
+    floor = dict(options, context="R0", head="0c1f", momentum_heads=None, cuts=runs[0][2].partition)
     runs.insert(0, ("floor", floor, wrap(meta_model, k, example_input=meta_x, **floor)))
     return runs
 
@@ -312,7 +313,13 @@ class _Bench:
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
         where = f"a step of {mode} {options['context']} at K={k}"
         measured = self._measure(step, learner.parameters(), optimizer, where, predicted)
-        budget = aux_budget(meta.aux_config, meta.geometries, meta.partition.stats, len(self.x))
+        budget = aux_budget(
+            meta.aux_config,
+            meta.geometries,
+            meta.partition.stats,
+            len(self.x),
+            momentum=bool(shadows(meta)),
+        )
         fractions = budget.fractions()
         return _row(
             mode,

@@ -204,7 +204,11 @@ class AuxBudget:
 
 
 def aux_budget(
-    config: AuxConfig, geometries: Sequence[Geometry], stats: Sequence, batch: int
+    config: AuxConfig,
+    geometries: Sequence[Geometry],
+    stats: Sequence,
+    batch: int,
+    momentum: bool = False,
 ) -> AuxBudget:
     """Measure every segment's aux modules, with the sources its bridge really reads.
 
@@ -214,7 +218,9 @@ def aux_budget(
         budget.fractions()   # {'params': 0.04, 'flops': 0.02, 'saved_bytes': 0.05}
 
     ``stats`` are the partition's ``SegmentStats``; their FLOPs and bytes must be
-    measured at batch size ``batch``.
+    measured at batch size ``batch``. ``momentum``: the heads are momentum heads
+    (``contsup.momentum_heads``): head j is a shadow of segment j+1 (its FLOPs and
+    saved bytes, no parameters) and then the design's head at boundary j+1.
     """
     heads, bridges = [], [AuxCost()]
     for k, target in enumerate(geometries):
@@ -224,4 +230,7 @@ def aux_budget(
         bridges.append(bridge)
     heads.append(AuxCost())
     backbone = [AuxCost(s.params, s.param_bytes, s.flops, s.activation_bytes) for s in stats]
+    if momentum:
+        shadows = [AuxCost(flops=s.flops, saved_bytes=s.saved_bytes) for s in backbone[1:]]
+        heads = [h + s for h, s in zip(heads[1:], shadows, strict=True)] + [AuxCost()]
     return AuxBudget(backbone, heads, bridges)

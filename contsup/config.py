@@ -38,8 +38,9 @@ class TrainConfig:
     head: str = field(default="1c2f", metadata=_MODEL)
     local_loss: str = field(default="ce", metadata=_MODEL)
     decoder: list[float] | None = field(default=None, metadata=_MODEL)
-    # None: plain heads; a decay (0.99): heads that look through the next segment's shadow
-    momentum_heads: float | None = field(default=None, metadata=_MODEL)
+    # a decay (0.99): heads that look through the next segment's shadow; "off" (or None):
+    # plain heads; "auto": 0.99 where the network is small (contsup.momentum_heads)
+    momentum_heads: float | str | None = field(default="auto", metadata=_MODEL)
     objective: str = field(default="flops", metadata=_IDENTITY)
     cuts: list[str] | None = field(default=None, metadata=_IDENTITY)
     plan: str | None = field(default=None, metadata=_IDENTITY)

@@ -30,7 +30,7 @@ from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
 from contsup.losses import local_loss_fn
 from contsup.mixing import hard_labels
-from contsup.momentum_heads import MomentumHead, use_momentum_heads
+from contsup.momentum_heads import AUTO, MomentumHead, resolve_momentum, use_momentum_heads
 from contsup.network import Carry, ContextNetwork, Unit
 from contsup.oom import StepOutOfMemory
 
@@ -291,8 +291,10 @@ class LocalLearner(nn.Module):
         """
         from contsup.compiling import compile_each
 
-        for segment in self.segments:
-            segment.prepare()
+        # Every segment, momentum heads' shadows too, has its forward made before tracing.
+        for module in self.modules():
+            if isinstance(module, partitioner.Segment):
+                module.prepare()
         self._unit_steps = compile_each([self._step_of(j) for j in range(self.k)], **options)
 
     @staticmethod
@@ -410,7 +412,7 @@ def wrap(
     local_loss: str = "ce",
     head: str = "1c2f",
     decoder: Sequence[float] | None = None,
-    momentum_heads: float | None = None,
+    momentum_heads: float | str | None = AUTO,
     cuts: Sequence[str] | partitioner.Partition | None = None,
     objective: str = "flops",
     example_input: torch.Tensor | None = None,
@@ -437,9 +439,12 @@ def wrap(
         decoder: None, or the four loss scales ``[ixx_1, ixy_1, ixx_2, ixy_2]`` that
             turn on the reconstruction decoder; the (reconstruction, local) weights go
             linearly from (ixx_1, ixy_1) at the first boundary to (ixx_2, ixy_2) at the last.
-        momentum_heads: None, or a moving-average decay (0.99): each local head then
-            looks through a shadow of the next segment that follows its weights
-            (``contsup.momentum_heads``; each unit runs the next segment once more).
+        momentum_heads: a moving-average decay (0.99): each local head then looks
+            through a shadow of the next segment that follows its weights
+            (``contsup.momentum_heads``; each unit runs the next segment once more);
+            None for plain heads; ``auto`` (the default): 0.99 with ``aux="sized"`` on
+            networks that save at most 16 MiB per image for backward (CIFAR ResNets,
+            resnet18 at 64 px), where they measurably help, else None.
         cuts: cut after these graph nodes (names as ``contsup split`` prints them), or
             at a ``Partition``'s cuts (e.g. ``Partition.from_json`` of a saved plan),
             instead of balancing.
@@ -527,8 +532,9 @@ def wrap(
     )
     learner._no_weight_decay = _no_weight_decay(model, learner)
     learner = learner.to(device)
-    if momentum_heads is not None:
-        use_momentum_heads(learner, momentum_heads)
+    decay = resolve_momentum(momentum_heads, config.design, local_loss, part.stats, x.shape[0])
+    if decay is not None:
+        use_momentum_heads(learner, decay)
     return learner
 
 

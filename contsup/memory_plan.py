@@ -35,7 +35,7 @@ from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.config import TrainConfig
 from contsup.errors import ConfigError, ContsupError
 from contsup.learner import LocalLearner, wrap
-from contsup.momentum_heads import check_momentum
+from contsup.momentum_heads import AUTO, check_momentum, momentum_of
 from contsup.oom import StepOutOfMemory
 from contsup.peak import (
     CUDA_MARGIN,
@@ -125,6 +125,7 @@ class MemoryPlan:
     context: str
     aux: str
     head: str
+    momentum_heads: float | None  # their decay at ``k`` (``auto`` resolved); None: plain
     k: int
     cuts: list[str]
     peak: StepPeak
@@ -134,6 +135,19 @@ class MemoryPlan:
     floor_bytes: int
     floor_piece: str
     partition: partitioner.Partition = field(repr=False, compare=False)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The heads and bridges it was planned with, as ``wrap`` and ``TrainConfig``
+        take them.
+
+        Example::
+
+            learner = contsup.wrap(model, cuts=plan.cuts, **plan.options)
+        """
+        return dict(
+            context=self.context, aux=self.aux, head=self.head, momentum_heads=self.momentum_heads
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as ``contsup plan --json`` prints it.
@@ -157,6 +171,7 @@ class MemoryPlan:
             "context": self.context,
             "aux": self.aux,
             "head": self.head,
+            "momentum_heads": self.momentum_heads,
             "k": self.k,
             "cuts": self.cuts,
             **peaks,
@@ -215,6 +230,11 @@ class _Planner:
             learner, x, y, optimizer=self.optimizer, amp=self.amp, device=self.device, units=units
         )
 
+    @property
+    def shadowed(self) -> bool:
+        """Whether the learners priced have momentum heads."""
+        return self.last is not None and momentum_of(self.last[1]) is not None
+
     def peak(self, k: int) -> StepPeak | None:
         """The predicted peak at ``k`` memory-balanced segments; None if it cannot be cut so."""
         if k not in self.peaks:
@@ -265,7 +285,7 @@ def plan(
     context: str = "E",
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
-    momentum_heads: float | None = None,
+    momentum_heads: float | str | None = AUTO,
     optimizer: str = "sgd",
     amp: str | None = None,
     device: str = "cuda",
@@ -296,8 +316,7 @@ def plan(
     budget = parse_memory(memory)
     check_optimizer(optimizer)
     _check_aux_options(context, aux, head)
-    if momentum_heads is not None:
-        check_momentum(momentum_heads)
+    check_momentum(momentum_heads)
     if amp not in (None, "bf16"):
         raise ConfigError(f"amp takes bf16, got {amp!r}")
     if device not in ("cpu", "cuda"):
@@ -336,6 +355,7 @@ def plan(
         context=context,
         aux=aux,
         head=head,
+        momentum_heads=momentum_of(learner),
         k=k,
         cuts=cuts,
         peak=peak,
@@ -431,10 +451,12 @@ def _smallest_k(planner: _Planner, budget: int, max_k: int, where: str, floor: i
     if not tried:
         raise BudgetTooSmallError(f"no K can be cut with heads and bridges for {where}")
     best = min(tried, key=tried.__getitem__)
+    # Momentum heads (the default on small networks) run a second segment per unit.
+    plain = ", use plain heads (--momentum-heads off)" if planner.shadowed else ""
     raise BudgetTooSmallError(
         f"no K fits {where} into {format_bytes(budget)}: the least any K needs is "
         f"{format_bytes(tried[best])}, at K={best} (heads and bridges on top of the floor of "
-        f"{format_bytes(floor)}); lower the batch size or raise the memory",
+        f"{format_bytes(floor)}); lower the batch size{plain} or raise the memory",
         least_bytes=tried[best],
     )
 

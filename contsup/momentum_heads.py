@@ -14,7 +14,9 @@ runs: it averages in the weights segment j+1 trains with in this step, for the n
 step. That lag (the shadow a step behind the weights it last averaged in) is what a
 pipeline stage can have without waiting for the stage after it, which sends
 segment j+1's weights as its step starts (``contsup.distributed.shadow_feed``): a
-pipeline trains what one process trains, bitwise. The last
+pipeline trains what one process trains, bitwise. The decay warms up, as
+min(decay, (1 + n) / (10 + n)) after n steps: a short run's shadow does not stay
+at its initial weights. The last
 local head borrows the final segment, which ends in the classifier: its logits are
 the head's scores. Cost: each unit runs the next segment once more, forward and
 backward, and saves its activations (ResNet-32 at 32 px, K=16, R1E: the step's
@@ -24,6 +26,7 @@ peak 0.47x end-to-end's against 0.40x without; benchmarks/momentum_cost.py).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -31,22 +34,84 @@ from torch import nn
 
 from contsup.errors import ConfigError
 
-__all__ = ["MomentumHead", "check_momentum", "shadows", "use_momentum_heads"]
+__all__ = [
+    "AUTO",
+    "AUTO_DECAY",
+    "AUTO_SAVED_LIMIT",
+    "OFF",
+    "MomentumHead",
+    "check_momentum",
+    "momentum_of",
+    "momentum_option",
+    "resolve_momentum",
+    "shadows",
+    "use_momentum_heads",
+]
+
+AUTO = "auto"  # the default: momentum heads where they are cheap (``resolve_momentum``)
+OFF = "off"  # plain heads, as None is in Python
+AUTO_DECAY = 0.99  # the measured decay (docs/context.md)
+# Networks that save at most this many bytes per image for backward (every CIFAR
+# ResNet, resnet18 at 64 px; no ImageNet model at 224 px) take them under ``auto``:
+# there they cost time, but memory is not what limits a run.
+AUTO_SAVED_LIMIT = 16 * 2**20
 
 
-def check_momentum(momentum: float) -> None:
-    """Raise ``ConfigError`` (one sentence) unless ``0 <= momentum < 1``.
+def check_momentum(momentum: float | str | None) -> None:
+    """Raise ``ConfigError`` (one sentence) unless ``momentum`` is None or ``"off"``,
+    ``"auto"``, or a decay with ``0 <= momentum < 1``.
 
     Example::
 
         check_momentum(0.99)   # fine
         check_momentum(1.0)    # ConfigError: the shadow would never follow
     """
-    if not 0.0 <= momentum < 1.0:
+    if momentum in (None, OFF, AUTO):
+        return
+    if isinstance(momentum, str) or not 0.0 <= momentum < 1.0:
         raise ConfigError(
-            f"momentum heads take a moving-average decay in [0, 1), got {momentum}; "
+            f"momentum heads take auto, off or a moving-average decay in [0, 1), got "
+            f"{momentum!r}; "
             "0.99 is the measured one (docs/context.md)"
         )
+
+
+def momentum_option(text: str | None) -> float | str | None:
+    """``--momentum-heads`` as typed (None: not given): ``auto``, ``off`` or a decay.
+
+    Example::
+
+        momentum_option("off"), momentum_option("0.9")   # ("off", 0.9)
+    """
+    if text in (None, AUTO, OFF):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = text  # refused below, in one sentence
+    check_momentum(value)
+    return value
+
+
+def resolve_momentum(
+    momentum: float | str | None, design: str, local_loss: str, stats: Sequence, batch: int
+) -> float | None:
+    """The decay a learner's momentum heads take, None for plain heads: ``auto`` is
+    ``AUTO_DECAY`` for the ``sized`` design's ce heads on a network that saves at most
+    ``AUTO_SAVED_LIMIT`` bytes per image for backward, and None elsewhere. ``stats``:
+    the partition's ``SegmentStats``, measured at batch size ``batch``.
+
+    Example::
+
+        resolve_momentum("auto", "sized", "ce", part.stats, 2)  # resnet32, 32 px: 0.99
+                                                                # resnet50, 224 px: None
+    """
+    check_momentum(momentum)
+    if momentum != AUTO:
+        return None if momentum == OFF else momentum
+    saved_per_image = sum(s.activation_bytes for s in stats) / batch
+    cheap = design == "sized" and local_loss == "ce" and saved_per_image <= AUTO_SAVED_LIMIT
+    return AUTO_DECAY if cheap else None
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -65,7 +130,7 @@ class MomentumHead(nn.Module):
     Example::
 
         head = MomentumHead(learner.segments[j + 1], head_at_next_boundary, momentum=0.99)
-        scores = head(segment_j_output)     # the shadow follows the live segment first
+        scores = head(segment_j_output)     # local_units makes it follow after the unit
     """
 
     def __init__(self, next_segment: nn.Module, head: nn.Module, momentum: float):
@@ -75,6 +140,8 @@ class MomentumHead(nn.Module):
         self.shadow = _frozen_copy(next_segment)
         self.head = head
         self.momentum = momentum
+        # How many times it has followed: the decay warms up from there (``follow``).
+        self.register_buffer("follows", torch.zeros((), dtype=torch.long))
         weights = dict(next_segment.named_parameters())
         # Which shadow buffers are weights (averaged), in the shadow's order; the rest
         # are statistics (copied).
@@ -89,24 +156,41 @@ class MomentumHead(nn.Module):
 
     @torch.no_grad()
     def follow(self, values: list[torch.Tensor] | None = None) -> None:
-        """shadow <- momentum * shadow + (1 - momentum) * live, for every weight; the
-        live segment's BatchNorm statistics are copied as they are. ``values``: the
-        live segment's tensors as ``live_values`` orders them (default: read them).
+        """shadow <- d * shadow + (1 - d) * live, for every weight, where the decay d
+        warms up as min(momentum, (1 + n) / (10 + n)) after n follows (so a short run's
+        shadow is not its initial weights); the live segment's BatchNorm statistics are
+        copied as they are. ``values``: the live segment's tensors as ``live_values``
+        orders them (default: read them).
 
         Example::
 
             head.follow()      # LocalLearner.local_units calls it after the unit's backward
         """
         values = self.live_values() if values is None else values
+        # On the device, without a host sync: 1 - d, as a tensor.
+        n = self.follows.float()
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.momentum)
         pairs = zip(self.shadow.buffers(), values, self._averaged, strict=True)
         for shadow, value, averaged in pairs:
             if averaged:
-                shadow.lerp_(value, 1.0 - self.momentum)
+                shadow.lerp_(value, weight.to(shadow.dtype))
             else:
                 shadow.copy_(value)
+        self.follows += 1
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.shadow(h))
+
+
+def momentum_of(learner) -> float | None:
+    """The decay of ``learner``'s momentum heads; None for plain heads.
+
+    Example::
+
+        momentum_of(contsup.wrap(resnet32, 16))   # 0.99: ``auto`` on a CIFAR ResNet
+    """
+    heads = [h for h in learner.heads if isinstance(h, MomentumHead)]
+    return heads[0].momentum if heads else None
 
 
 def shadows(learner) -> list[torch.Tensor]:

@@ -31,6 +31,7 @@ class SplitPlan:
     analysis: partitioner.Analysis
     partition: partitioner.Partition
     config: Any  # the AuxConfig priced with the segments, or None without a context
+    momentum_heads: float | None = None  # their decay (resolved), priced with the heads
 
 
 def plan_split(
@@ -44,6 +45,7 @@ def plan_split(
     context: str | None = None,
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
+    momentum_heads: float | str | None = "auto",
 ) -> SplitPlan:
     """Cut the timm model ``model`` into ``k`` segments balanced by ``objective``.
 
@@ -52,8 +54,10 @@ def plan_split(
         plan = plan_split("resnet110", k=16, objective="memory")
         plan.partition.imbalance, plan.partition.to_json(model="resnet110")
 
-    With ``context`` the heads and bridges of that context mode (``aux``, ``head``)
-    count in the balance, as ``wrap`` would build them. The model is built on the
+    With ``context`` the heads and bridges of that context mode (``aux``, ``head``,
+    ``momentum_heads``) are priced as ``wrap`` would build them; the balance counts
+    each head at its own boundary (a momentum head's shadow is priced in the report,
+    not in the balance). The model is built on the
     meta device unless ``objective`` is ``time``, which needs real weights.
     """
     import torch
@@ -73,7 +77,12 @@ def plan_split(
 
         hook = balance_hook(net, x, objective, config)
     part = analysis.partition(k, objective, extra_cost=hook)
-    return SplitPlan(model, net, analysis, part, config)
+    decay = None
+    if config is not None:
+        from contsup.momentum_heads import resolve_momentum
+
+        decay = resolve_momentum(momentum_heads, config.design, "ce", part.stats, batch_size)
+    return SplitPlan(model, net, analysis, part, config, decay)
 
 
 def split_summary(plan: SplitPlan) -> dict[str, Any]:
@@ -104,8 +113,11 @@ def _add_aux_budget(summary: dict[str, Any], plan: SplitPlan) -> None:
 
     part, config = plan.partition, plan.config
     geometries = [geometry_of(b.tensors[0], plan.net) for b in part.boundaries]
-    budget = aux_budget(config, geometries, part.stats, part.input_shape[0])
-    summary.update(context=str(config.mode), aux=config.design, head=config.head)
+    momentum = plan.momentum_heads
+    budget = aux_budget(config, geometries, part.stats, part.input_shape[0], momentum is not None)
+    summary.update(
+        context=str(config.mode), aux=config.design, head=config.head, momentum_heads=momentum
+    )
     summary["aux_fractions"] = budget.fractions()
     for row, head, bridge in zip(summary["segments"], budget.heads, budget.bridges):
         row.update(

@@ -71,7 +71,12 @@ def check_fields(values: dict[str, Any], where: str) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise RecipeError(f"{where}: unknown field '{name}'{hint}")
         if not _accepts(_TYPES[name], value):
-            raise RecipeError(f"{where}: field '{name}' must be {_TYPES[name]}, got {value!r}")
+            # YAML reads a bare off, no or yes as a bool: a string field wants it quoted.
+            bool_read = isinstance(value, bool)
+            quote = " (quote it: YAML reads a bare off or on as a bool)" if bool_read else ""
+            raise RecipeError(
+                f"{where}: field '{name}' must be {_TYPES[name]}, got {value!r}{quote}"
+            )
 
 
 def load_recipe(path: str | Path) -> Recipe:

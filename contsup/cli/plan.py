@@ -25,8 +25,8 @@ def plan(
     aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
     momentum_heads: Annotated[
-        float | None, typer.Option(help="as training will use them: a decay (0.99)")
-    ] = None,
+        str, typer.Option(help="as training will use them: auto | off | a decay (0.99)")
+    ] = "auto",
     optimizer: Annotated[str, typer.Option(help="sgd (momentum) | adamw")] = "sgd",
     amp: Annotated[str | None, typer.Option(help="bf16 (estimated)")] = None,
     device: Annotated[str, typer.Option(help="cuda (adds an allocator margin) | cpu")] = "cuda",
@@ -44,6 +44,7 @@ def plan(
     with user_errors():
         from contsup.atomic import write_text_atomic
         from contsup.memory_plan import plan as make_plan
+        from contsup.momentum_heads import momentum_option
         from contsup.tables import print_memory_plan
 
         result = make_plan(
@@ -54,7 +55,7 @@ def plan(
             context=context,
             aux=aux,
             head=head,
-            momentum_heads=momentum_heads,
+            momentum_heads=momentum_option(momentum_heads),
             optimizer=optimizer,
             amp=amp,
             device=device,

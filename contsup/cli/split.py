@@ -40,6 +40,9 @@ def split(
         str, typer.Option(help="aux design with --context: sized | scaled | paper")
     ] = "sized",
     head: Annotated[str, typer.Option(help="local head with --context, e.g. 1c2f")] = "1c2f",
+    momentum_heads: Annotated[
+        str, typer.Option(help="with --context: auto | off | a decay (0.99), as wrap takes it")
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     save: Annotated[Path | None, typer.Option(help="write the plan as JSON here")] = None,
     plot: Annotated[Path | None, typer.Option(help="save a cost-along-depth plot (PNG)")] = None,
@@ -47,6 +50,7 @@ def split(
     """Show where MODEL will be cut into K balanced segments."""
     with user_errors():
         from contsup.atomic import write_text_atomic
+        from contsup.momentum_heads import momentum_option
         from contsup.planning import plan_split, split_summary
         from contsup.tables import print_split_table
 
@@ -64,6 +68,7 @@ def split(
             context=context,
             aux=aux,
             head=head,
+            momentum_heads=momentum_option(momentum_heads),
         )
         part = plan.partition
         if save:

@@ -75,8 +75,11 @@ def train(
     head: Annotated[str | None, typer.Option(help="local head, e.g. 1c2f")] = None,
     local_loss: Annotated[str | None, typer.Option(help="ce | contrast")] = None,
     momentum_heads: Annotated[
-        float | None,
-        typer.Option(help="heads look through a moving average of the next segment (0.99)"),
+        str | None,
+        typer.Option(
+            help="heads look through a moving average of the next segment: a decay (0.99), "
+            "off, or auto (the default: 0.99 on small networks)"
+        ),
     ] = None,
     objective: Annotated[str | None, typer.Option(help="what the cuts balance")] = None,
     cuts: Annotated[
@@ -151,6 +154,9 @@ def train(
 
         if amp not in (None, "bf16"):
             raise UserError(f"--amp takes bf16, got {amp!r}")
+        from contsup.momentum_heads import momentum_option
+
+        options["momentum_heads"] = momentum_option(momentum_heads)
         for name, values in runs_to_train(recipe, run, given_fields(options)):
             summary = _train_one(values, resume, as_json, label=name, memory=memory)
             if as_json and summary is not None:
@@ -255,9 +261,11 @@ def _run_line(config, label: str) -> str:
         cut = f"{len(config.cuts) + 1} segments at given cuts"
     elif config.plan:
         cut = f"cut as {config.plan} says"
+    momentum = config.momentum_heads
+    heads = "" if momentum in (None, "off") else f", momentum heads {momentum}"
     return (
         f"{label + ': ' if label else ''}{config.model} {cut}, context {config.context}, "
-        f"aux {config.aux}, on {config.dataset}: {config.epochs} epochs of batch "
+        f"aux {config.aux}{heads}, on {config.dataset}: {config.epochs} epochs of batch "
         f"{config.batch_size}, {config.optimizer} at lr {config.lr} ({config.schedule}), "
         f"on {device}{threads}; "
         f"run in {config.out_dir()}"

@@ -11,6 +11,7 @@ from contsup.budget import STATIC_COPIES, AuxCost, aux_budget, aux_costs, extra_
 from contsup.context import parse_context
 from contsup.geometry import Geometry
 from contsup.learner import wrap
+from contsup.momentum_heads import shadows
 from tests.conftest import create
 
 IMAGE = Geometry("NCHW", 3, 32, 32)
@@ -74,17 +75,26 @@ def test_the_balance_hook_prices_each_shape_once_and_refuses_unusable_cuts():
     assert hook(multi) == (math.inf, math.inf)
 
 
+@pytest.mark.parametrize("momentum", [None, "auto"])
 @pytest.mark.parametrize("mode", ["R0", "R1E"])
-def test_budget_has_a_head_and_a_bridge_per_segment_where_they_exist(mode):
-    learner = wrap(create("resnet20"), 3, context=mode)
-    budget = aux_budget(learner.aux_config, learner.geometries, learner.partition.stats, 2)
+def test_budget_has_a_head_and_a_bridge_per_segment_where_they_exist(mode, momentum):
+    learner = wrap(create("resnet20"), 3, context=mode, momentum_heads=momentum)
+    shadowed = bool(shadows(learner))
+    assert shadowed == (momentum == "auto")  # the default's, on a CIFAR ResNet
+    stats = learner.partition.stats
+    budget = aux_budget(learner.aux_config, learner.geometries, stats, 2, shadowed)
     assert len(budget.heads) == len(budget.bridges) == len(budget.backbone) == 3
     assert budget.heads[-1] == AuxCost() and budget.bridges[0] == AuxCost()
-    assert all(h.params > 0 for h in budget.heads[:-1])
+    # A momentum head's last borrows the classifier: a shadow, no head of its own.
+    assert all(h.params > 0 for h in budget.heads[: -2 if shadowed else -1])
     assert all((b.params > 0) == (mode != "R0") for b in budget.bridges[1:])
     aux = sum(p.numel() for m in (learner.heads, learner.bridges) for p in m.parameters())
     backbone = sum(p.numel() for p in learner.segments.parameters())
     assert budget.fractions()["params"] == pytest.approx(aux / backbone)
+    if shadowed:  # head j also runs segment j+1's shadow: its FLOPs, no parameters
+        plain = aux_budget(learner.aux_config, learner.geometries, stats, 2)
+        assert budget.heads[-2].flops == stats[-1].flops  # the last borrows the classifier
+        assert budget.heads[0].flops == stats[1].flops + plain.heads[1].flops
 
 
 def test_only_an_unusable_boundary_costs_infinity_a_bug_raises():

@@ -18,7 +18,9 @@ SIZE = (3, 32, 32)
 
 
 def plan(memory, **options):
-    options = {"batch_size": BATCH, "device": "cpu", **options}
+    # Plain heads: what is planned here is K and the batch (test_momentum_heads.py
+    # plans the default's momentum heads).
+    options = {"batch_size": BATCH, "device": "cpu", "momentum_heads": "off", **options}
     return contsup.plan("resnet20", memory=memory, **options)
 
 
@@ -61,7 +63,7 @@ def test_a_tight_budget_takes_the_fewest_segments_that_fit(tight):
         objective="memory",
         batch_size=BATCH,
         device="cpu",
-        context=tight.context,
+        **tight.options,  # the heads and bridges it was planned with
     )
     assert predict_run(config).total == tight.peak.total
     config.k = tight.k - 1
@@ -92,6 +94,7 @@ def test_the_largest_batch_fits_at_the_plans_cuts(tight):
         cuts=tight.cuts or None,
         batch_size=tight.max_batch_size,
         device="cpu",
+        **tight.options,
     )
     assert predict_run(config).total <= tight.memory_bytes
     config.batch_size = int(1.1 * tight.max_batch_size) + 1
@@ -138,7 +141,7 @@ def test_the_planned_step_measured_on_the_cpu_fits_the_budget(tight):
     model = timm.create_model("resnet20", num_classes=10)
     x = torch.randn(BATCH, *SIZE)
     y = torch.randint(0, 10, (BATCH,))
-    learner = contsup.wrap(model, cuts=tight.cuts, context=tight.context, example_input=x)
+    learner = contsup.wrap(model, cuts=tight.cuts, example_input=x, **tight.options)
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.01, momentum=0.9)
 
     def step():
@@ -156,6 +159,8 @@ def test_the_planned_step_measured_on_the_cpu_fits_the_budget(tight):
 class _FakePlanner:
     """Peaks by K, not monotonic: more segments may peak higher (a larger head or an
     earlier boundary in the unit that peaks)."""
+
+    shadowed = False  # plain heads
 
     def __init__(self, totals):
         self.totals = totals

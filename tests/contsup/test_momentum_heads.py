@@ -70,11 +70,19 @@ def test_shadows_follow_the_live_weights_once_a_step_after_their_unit():
     assert torch.equal(shadow[name], before)  # a forward alone leaves the shadow
     statistics_before = dict(live.named_buffers())[statistic].clone()
     learner.local_backward(X, Y)
-    torch.testing.assert_close(shadow[name], 0.9 * before + 0.1 * weight, rtol=0, atol=1e-6)
+    # The first follow's decay has warmed up to min(0.9, 1/10) only.
+    torch.testing.assert_close(shadow[name], 0.1 * before + 0.9 * weight, rtol=0, atol=1e-6)
     # It followed after unit 0 and before segment 1 ran: the statistics segment 1 had
     # then, not the ones its own forward in this step moved on to.
     assert torch.equal(shadow[statistic], statistics_before)
     assert not torch.equal(dict(live.named_buffers())[statistic], statistics_before)
+    for _ in range(200):  # after n follows: min(0.9, (1 + n) / (10 + n)), here 0.9
+        head.follow()
+    expected = shadow[name].clone().lerp_(weight + 1.0, 0.1)
+    with torch.no_grad():
+        weight.add_(1.0)
+    head.follow()
+    torch.testing.assert_close(shadow[name], expected, rtol=0, atol=1e-6)
 
 
 def test_the_model_itself_is_unchanged_bitwise():
@@ -139,7 +147,7 @@ def test_compiled_momentum_heads_give_the_eager_losses():
 
 
 def test_the_planner_prices_the_shadows():
-    from contsup.memory_plan import plan, predict_run
+    from contsup.memory_plan import BudgetTooSmallError, plan, predict_run
     from contsup.trainer import TrainConfig
 
     def planned(momentum, memory):
@@ -150,11 +158,20 @@ def test_the_planner_prices_the_shadows():
     plain, shadowed = planned(None, budget), planned(0.99, budget)
     # The shadows need more memory: more segments fit the same budget (K=2, K=3).
     assert 2 <= plain.k < shadowed.k and shadowed.peak.total <= budget
+    assert (plain.momentum_heads, shadowed.momentum_heads) == (None, 0.99)
+    # Where only plain heads fit, the refusal says so.
+    with pytest.raises(BudgetTooSmallError) as refused:
+        planned(None, planned(None, "8GiB").floor_bytes + 1)
+    assert "--momentum-heads" not in str(refused.value)
+    least_plain = refused.value.least_bytes
+    assert planned(None, least_plain).peak.total == least_plain
+    with pytest.raises(BudgetTooSmallError, match=r"plain heads \(--momentum-heads off\)"):
+        planned("auto", least_plain)
     # At the same cuts each unit also runs the next segment's shadow and saves its
     # activations, and the shadows' weights are held beside the optimizer's.
     config = TrainConfig(model="resnet20", k=4, context="R1E", dataset="digits")
-    without = predict_run(config)
-    with_shadows = predict_run(replace(config, momentum_heads=0.99))
+    without = predict_run(replace(config, momentum_heads="off"))
+    with_shadows = predict_run(config)  # the default's, at this size
     assert with_shadows.total > without.total
     assert with_shadows.static > without.static
 

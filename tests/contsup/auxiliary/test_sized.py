@@ -13,6 +13,7 @@ from contsup.context import gather_sources
 from contsup.geometry import Geometry
 from contsup.learner import wrap
 from contsup.memory import SavedTensorTracker
+from contsup.momentum_heads import MomentumHead
 from tests.conftest import create
 
 IMAGE = Geometry("NCHW", 3, 32, 32)
@@ -120,7 +121,9 @@ def test_paper_modules_keep_pytorchs_default_init_and_paper_keeps_the_reference(
     """The reference's He init made the paper's modules learn slower (docs/context.md)."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    chosen = wrap(create("resnet20"), 4, context="R1E", aux="sized", example_input=x)
+    chosen = wrap(
+        create("resnet20"), 4, context="R1E", aux="sized", example_input=x, momentum_heads=None
+    )
     paper = wrap(create("resnet20"), 4, context="R1E", aux="paper", example_input=x)
     for modules in (chosen.bridges, chosen.heads):
         assert all(_widest_weight_over_bound(m) <= 1.0 for m in modules)
@@ -157,19 +160,26 @@ def test_paper_head_macs_count_the_heads_convs(config, geometry):
     assert sized.paper_head_macs(config, geometry, width=64) == conv_flops // 2
 
 
+@pytest.mark.parametrize("momentum", [None, "auto"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_the_learning_yardstick_builds_only_the_papers_modules(shape):
+def test_the_learning_yardstick_builds_only_the_papers_modules(shape, momentum):
     """resnet32 at K=16 on 32 px (the yardstick's learner): no thin module, so nothing
-    the thin modules' widths do reaches it."""
+    the thin modules' widths do reaches it; with momentum heads (the default there),
+    each head is the paper's at the next boundary."""
     from contsup.auxiliary import paper
 
     x = torch.zeros(2, *shape)
-    learner = wrap(create("resnet32", in_chans=shape[0]), 16, context="R1E", example_input=x)
+    model = create("resnet32", in_chans=shape[0])
+    learner = wrap(model, 16, context="R1E", example_input=x, momentum_heads=momentum)
     assert len(learner.bridges) == 15 and all(is_rich(b) for b in learner.bridges)
     heads = learner.heads[:-1]
+    geometries = learner.geometries
+    if momentum:
+        assert all(isinstance(h, MomentumHead) for h in learner.heads)
+        heads, geometries = [h.head for h in heads], geometries[1:]
     assert heads and all(_first_conv(h).kernel_size == (3, 3) for h in heads)
     config = learner.aux_config
-    for head, g in zip(heads, learner.geometries):
+    for head, g in zip(heads, geometries):
         torch.manual_seed(0)
         built = paper.build_head(config.head, g, config.out_features, config.width, init=None)
         assert repr(built) == repr(head)

@@ -278,10 +278,13 @@ def test_split_reports_the_aux_budget():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert (data["context"], data["aux"], data["head"]) == ("R1E", DEFAULT_DESIGN, "1c2f")
+    assert data["momentum_heads"] == 0.99  # the default's at 32 px: momentum heads
     segments = data["segments"]
     assert segments[0]["bridge_params"] == 0 and segments[-1]["head_params"] == 0
     assert all(s["bridge_params"] > 0 and s["bridge_flops"] > 0 for s in segments[1:])
-    assert all(s["head_params"] > 0 and s["head_saved_bytes"] > 0 for s in segments[:-1])
+    # Each head runs the next segment's shadow; the last borrows the classifier.
+    assert all(s["head_flops"] > 0 and s["head_saved_bytes"] > 0 for s in segments[:-1])
+    assert all(s["head_params"] > 0 for s in segments[:-2]) and segments[-2]["head_params"] == 0
     from contsup.learner import wrap
 
     cuts = [s["last_node"] for s in segments[:-1]]
