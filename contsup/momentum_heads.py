@@ -16,11 +16,12 @@ pipeline stage can have without waiting for the stage after it, which sends
 segment j+1's weights as its step starts (``contsup.distributed.shadow_feed``): a
 pipeline trains what one process trains, bitwise. The decay warms up, as
 min(decay, (1 + n) / (10 + n)) after n steps: a short run's shadow does not stay
-at its initial weights. The last
-local head borrows the final segment, which ends in the classifier: its logits are
-the head's scores. Cost: each unit runs the next segment once more, forward and
-backward, and saves its activations (ResNet-32 at 32 px, K=16, R1E: the step's
-peak 0.47x end-to-end's against 0.40x without; benchmarks/momentum_cost.py).
+at its initial weights. The last local head borrows the final segment, which ends
+in the classifier: its logits are the head's scores. Cost: each unit runs the next
+segment once more, forward and backward, and saves its activations (ResNet-32 at
+32 px, K=16, R1E: the step's peak 0.47x end-to-end's against 0.40x without;
+benchmarks/momentum_cost.py). ``auto``, the default, turns them on where that is
+cheap (``resolve_momentum``).
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ def check_momentum(momentum: float | str | None) -> None:
     if isinstance(momentum, str) or not 0.0 <= momentum < 1.0:
         raise ConfigError(
             f"momentum heads take auto, off or a moving-average decay in [0, 1), got "
-            f"{momentum!r}; "
-            "0.99 is the measured one (docs/context.md)"
+            f"{momentum!r}; 0.99 is the measured one (docs/context.md)"
         )
 
 

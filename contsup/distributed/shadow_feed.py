@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from contsup.distributed.errors import lost
 from contsup.distributed.layout import Layout
-from contsup.distributed.wire import Clock
+from contsup.distributed.wire import Clock, wait_sent
 from contsup.learner import LocalLearner
 from contsup.momentum_heads import MomentumHead
 
@@ -65,13 +65,7 @@ class ShadowOut:
             raise lost(self.peer, error) from None
 
     def flush(self) -> None:
-        started = time.perf_counter()
-        for work, _ in self._sending:
-            try:
-                work.wait()
-            except RuntimeError as error:
-                raise lost(self.peer, error) from None
-        self.clock.waiting += time.perf_counter() - started
+        wait_sent(self._sending, self.peer, self.clock)
         self._sending = []
 
 

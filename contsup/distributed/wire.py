@@ -25,7 +25,7 @@ from contsup.distributed.errors import DistributedError, lost
 from contsup.distributed.layout import Layout
 from contsup.network import Carry
 
-__all__ = ["Clock", "End", "Inbox", "Outbox", "Start", "inbox", "outbox"]
+__all__ = ["Clock", "End", "Inbox", "Outbox", "Start", "inbox", "outbox", "wait_sent"]
 
 # dtypes a boundary tensor may have, by the code its header sends.
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64]
@@ -124,14 +124,24 @@ class Outbox:
 
     def flush(self) -> None:
         """Wait until the last carry sent has been received."""
-        started = time.perf_counter()
-        for work, _ in self._sending:
-            try:
-                work.wait()
-            except RuntimeError as error:
-                raise lost(self.peer, error) from None
-        self.clock.waiting += time.perf_counter() - started
+        wait_sent(self._sending, self.peer, self.clock)
         self._sending = []
+
+
+def wait_sent(sending: list, peer: int, clock: Clock) -> None:
+    """Wait for ``(work, tensor)`` sends to ``peer``, counting the wait on ``clock``.
+
+    Example::
+
+        wait_sent([(dist.isend(t, dst=1), t)], 1, clock)
+    """
+    started = time.perf_counter()
+    for work, _ in sending:
+        try:
+            work.wait()
+        except RuntimeError as error:
+            raise lost(peer, error) from None
+    clock.waiting += time.perf_counter() - started
 
 
 class Start:
