@@ -42,7 +42,7 @@ from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
-from contsup.momentum_heads import shadows
+from contsup.momentum_heads import momentum_of
 from contsup.network import Carry
 from contsup.oom import StepOutOfMemory
 from contsup.optimizers import fused_step
@@ -318,7 +318,7 @@ class _Bench:
             meta.geometries,
             meta.partition.stats,
             len(self.x),
-            momentum=bool(shadows(meta)),
+            momentum=momentum_of(meta) is not None,
         )
         fractions = budget.fractions()
         return _row(

@@ -18,6 +18,7 @@ from torch import nn
 import partitioner
 from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.models.lookup import create_model
+from contsup.momentum_heads import AUTO, resolve_momentum
 
 __all__ = ["SplitPlan", "plan_split", "split_summary"]
 
@@ -45,7 +46,7 @@ def plan_split(
     context: str | None = None,
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
-    momentum_heads: float | str | None = "auto",
+    momentum_heads: float | str | None = AUTO,
 ) -> SplitPlan:
     """Cut the timm model ``model`` into ``k`` segments balanced by ``objective``.
 
@@ -57,8 +58,8 @@ def plan_split(
     With ``context`` the heads and bridges of that context mode (``aux``, ``head``,
     ``momentum_heads``) are priced as ``wrap`` would build them; the balance counts
     each head at its own boundary (a momentum head's shadow is priced in the report,
-    not in the balance). The model is built on the
-    meta device unless ``objective`` is ``time``, which needs real weights.
+    not in the balance). The model is built on the meta device unless ``objective``
+    is ``time``, which needs real weights.
     """
     import torch
 
@@ -79,8 +80,6 @@ def plan_split(
     part = analysis.partition(k, objective, extra_cost=hook)
     decay = None
     if config is not None:
-        from contsup.momentum_heads import resolve_momentum
-
         decay = resolve_momentum(momentum_heads, config.design, "ce", part.stats, batch_size)
     return SplitPlan(model, net, analysis, part, config, decay)
 

@@ -14,14 +14,12 @@ of the shadow's buffers; both sides know the shapes from the shadow itself.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.distributed as dist
 
 from contsup.distributed.errors import lost
 from contsup.distributed.layout import Layout
-from contsup.distributed.wire import Clock, wait_sent
+from contsup.distributed.wire import Clock, receive, wait_sent
 from contsup.learner import LocalLearner
 from contsup.momentum_heads import MomentumHead
 
@@ -84,21 +82,16 @@ class ShadowIn:
     def follow(self) -> None:
         shapes = list(self.head.shadow.buffers())  # on this rank's device
         values: list[torch.Tensor | None] = [None] * len(shapes)
-        started = time.perf_counter()
         for group in _dtype_groups(shapes):
             flat = torch.empty(
                 sum(shapes[i].numel() for i in group),
                 dtype=shapes[group[0]].dtype,
                 device=shapes[group[0]].device,
             )
-            try:
-                dist.recv(flat, src=self.peer)
-            except RuntimeError as error:
-                raise lost(self.peer, error) from None
+            receive(flat, self.peer, self.clock)
             pieces = flat.split([shapes[i].numel() for i in group])
             for i, piece in zip(group, pieces, strict=True):
                 values[i] = piece.view(shapes[i].shape)
-        self.clock.waiting += time.perf_counter() - started
         self.head.follow(values)
 
 

@@ -25,7 +25,7 @@ from contsup.distributed.errors import DistributedError, lost
 from contsup.distributed.layout import Layout
 from contsup.network import Carry
 
-__all__ = ["Clock", "End", "Inbox", "Outbox", "Start", "inbox", "outbox", "wait_sent"]
+__all__ = ["Clock", "End", "Inbox", "Outbox", "Start", "inbox", "outbox", "receive", "wait_sent"]
 
 # dtypes a boundary tensor may have, by the code its header sends.
 _DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64]
@@ -60,7 +60,7 @@ class Inbox:
         of this replica's slice of the batch (``part``: the batch's size), as the stage
         before sent them."""
         header = torch.empty(_header_size(self.mode), dtype=torch.int64, device=self.device)
-        self._recv(header)
+        receive(header, self.peer, self.clock)
         header = header.cpu()
         received = []
         for i in range(int(header[0])):
@@ -71,18 +71,10 @@ class Inbox:
                 continue
             shape = header[row + 2 : row + 2 + dims].tolist()
             tensor = torch.empty(shape, dtype=_DTYPES[int(header[row])], device=self.device)
-            self._recv(tensor)
+            receive(tensor, self.peer, self.clock)
             received.append(tensor)
         y, x, raw, out, *window = received
         return Carry.resumed(self.mode, out, window, self.unit), BatchPart(x, y, raw, part.total)
-
-    def _recv(self, tensor: torch.Tensor) -> None:
-        started = time.perf_counter()
-        try:
-            dist.recv(tensor, src=self.peer)
-        except RuntimeError as error:
-            raise lost(self.peer, error) from None
-        self.clock.waiting += time.perf_counter() - started
 
 
 class Outbox:
@@ -126,6 +118,21 @@ class Outbox:
         """Wait until the last carry sent has been received."""
         wait_sent(self._sending, self.peer, self.clock)
         self._sending = []
+
+
+def receive(tensor: torch.Tensor, peer: int, clock: Clock) -> None:
+    """Receive ``tensor`` from ``peer`` in place, counting the wait on ``clock``.
+
+    Example::
+
+        receive(torch.empty(3), 0, clock)
+    """
+    started = time.perf_counter()
+    try:
+        dist.recv(tensor, src=peer)
+    except RuntimeError as error:
+        raise lost(peer, error) from None
+    clock.waiting += time.perf_counter() - started
 
 
 def wait_sent(sending: list, peer: int, clock: Clock) -> None:
