@@ -142,25 +142,31 @@ class MomentumHead(nn.Module):
         self.momentum = momentum
         # How many times it has followed: the decay warms up from there (``follow``).
         self.register_buffer("follows", torch.zeros((), dtype=torch.long))
+        # The shadow's buffers that are the live segment's weights, in the shadow's
+        # order. The rest, BatchNorm's statistics, are the shadow's own: its forward
+        # updates them from what it reads, the previous segment's output. The live
+        # segment's would not fit it once a bridge adds context to what that one reads
+        # (a head's test accuracy fell to 13-50% with them).
         weights = dict(next_segment.named_parameters())
-        # Which shadow buffers are weights (averaged), in the shadow's order; the rest
-        # are statistics (copied).
-        self._averaged = [name in weights for name, _ in self.shadow.named_buffers()]
+        self._weights = [name for name, _ in self.shadow.named_buffers() if name in weights]
+
+    def weights(self) -> list[torch.Tensor]:
+        """The shadow's weights (buffers), in the order ``live_values`` gives the live ones."""
+        buffers = dict(self.shadow.named_buffers())
+        return [buffers[name] for name in self._weights]
 
     def live_values(self) -> list[torch.Tensor]:
-        """The live segment's weights and statistics, in the order of the shadow's
-        buffers: what ``follow`` reads (a pipeline sends them from the next stage)."""
-        live = self._live[0]
-        state = dict(live.named_parameters()) | dict(live.named_buffers())
-        return [state[name] for name, _ in self.shadow.named_buffers()]
+        """The live segment's weights, in the order of ``weights``: what ``follow``
+        reads (a pipeline sends them from the next stage)."""
+        live = dict(self._live[0].named_parameters())
+        return [live[name] for name in self._weights]
 
     @torch.no_grad()
     def follow(self, values: list[torch.Tensor] | None = None) -> None:
         """shadow <- d * shadow + (1 - d) * live, for every weight, where the decay d
         warms up as min(momentum, (1 + n) / (10 + n)) after n follows (so a short run's
-        shadow is not its initial weights); the live segment's BatchNorm statistics are
-        copied as they are. ``values``: the live segment's tensors as ``live_values``
-        orders them (default: read them).
+        shadow is not its initial weights). ``values``: the live segment's weights as
+        ``live_values`` orders them (default: read them).
 
         Example::
 
@@ -170,12 +176,8 @@ class MomentumHead(nn.Module):
         # On the device, without a host sync: 1 - d, as a tensor.
         n = self.follows.float()
         weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.momentum)
-        pairs = zip(self.shadow.buffers(), values, self._averaged, strict=True)
-        for shadow, value, averaged in pairs:
-            if averaged:
-                shadow.lerp_(value, weight.to(shadow.dtype))
-            else:
-                shadow.copy_(value)
+        for shadow, value in zip(self.weights(), values, strict=True):
+            shadow.lerp_(value, weight.to(shadow.dtype))
         self.follows += 1
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ averages in at the same point of the same step, so a pipeline stays bitwise one
 process. Neither side waits on the other's step: the stage before reads them after
 sending its carry, the stage after sends them before reading its own.
 
-A message is one flat tensor per dtype (weights, then integer counters), in the order
-of the shadow's buffers; both sides know the shapes from the shadow itself.
+A message is one flat tensor per dtype of the segment's weights, in the order of
+``MomentumHead.weights``; both sides know the shapes from the shadow itself (its
+BatchNorm statistics are its own, updated by its forward on either side).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class ShadowIn:
         self.head, self.peer, self.clock = head, peer, clock
 
     def follow(self) -> None:
-        shapes = list(self.head.shadow.buffers())  # on this rank's device
+        shapes = self.head.weights()  # on this rank's device
         values: list[torch.Tensor | None] = [None] * len(shapes)
         for group in _dtype_groups(shapes):
             flat = torch.empty(

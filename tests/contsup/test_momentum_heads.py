@@ -1,6 +1,7 @@
 """contsup.momentum_heads: shadows that follow the next segment, train nothing, and pass
 gradients to their own segment only."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -61,21 +62,15 @@ def test_shadows_follow_the_live_weights_once_a_step_after_their_unit():
     learner.train()
     head, live = learner.heads[0], learner.segments[1]
     name, weight = next((n, p) for n, p in live.named_parameters() if p.ndim == 4)
-    statistic = next(n for n, _ in live.named_buffers() if n.endswith("running_mean"))
     shadow = dict(head.shadow.named_buffers())
     with torch.no_grad():
         weight.add_(1.0)  # the weights segment 1 trains with in this step
     before = shadow[name].clone()
     head(torch.randn(2, *learner.segments[0](X[:2]).shape[1:]))
     assert torch.equal(shadow[name], before)  # a forward alone leaves the shadow
-    statistics_before = dict(live.named_buffers())[statistic].clone()
     learner.local_backward(X, Y)
     # The first follow's decay has warmed up to min(0.9, 1/10) only.
     torch.testing.assert_close(shadow[name], 0.1 * before + 0.9 * weight, rtol=0, atol=1e-6)
-    # It followed after unit 0 and before segment 1 ran: the statistics segment 1 had
-    # then, not the ones its own forward in this step moved on to.
-    assert torch.equal(shadow[statistic], statistics_before)
-    assert not torch.equal(dict(live.named_buffers())[statistic], statistics_before)
     for _ in range(200):  # after n follows: min(0.9, (1 + n) / (10 + n)), here 0.9
         head.follow()
     expected = shadow[name].clone().lerp_(weight + 1.0, 0.1)
@@ -83,6 +78,25 @@ def test_shadows_follow_the_live_weights_once_a_step_after_their_unit():
         weight.add_(1.0)
     head.follow()
     torch.testing.assert_close(shadow[name], expected, rtol=0, atol=1e-6)
+
+
+def test_shadows_keep_batchnorm_statistics_of_what_they_read():
+    """Under R1E the live segment reads the previous output plus context, its shadow the
+    output alone: the shadow's statistics are its own, from its forward, not copied."""
+    _, learner = learners(momentum=0.9)
+    learner.train()
+    head, live = learner.heads[0], learner.segments[1]
+    statistic = next(n for n, _ in live.named_buffers() if n.endswith("running_mean"))
+    out = learner.segments[0](X)
+    reference = copy.deepcopy(head.shadow)  # what the shadow's statistics become from `out`
+    with torch.no_grad():
+        reference(out)
+    learner.local_backward(X, Y)  # unit 0's head reads the same `out`, then follows
+    ours = dict(head.shadow.named_buffers())[statistic]
+    assert torch.equal(ours, dict(reference.named_buffers())[statistic])
+    assert not torch.equal(ours, dict(live.named_buffers())[statistic])
+    head.follow()
+    assert torch.equal(ours, dict(reference.named_buffers())[statistic])
 
 
 def test_the_model_itself_is_unchanged_bitwise():
