@@ -157,8 +157,12 @@ def _predicted_static(params: Sequence[torch.Tensor]) -> int:
     return STATIC_COPIES * _nbytes(params)
 
 
-def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Largest single step of ``local_backward``, run forward-only on the meta device.
+def predict_local_steps(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> list[int]:
+    """Bytes each step of ``local_backward`` saves, run forward-only on the meta device.
+
+    Example::
+
+        predict_local_steps(wrap(meta_model, 4, example_input=x), x, y)  # K numbers
 
     Step k saves what its input bridge, segment k and its head save; backward only
     frees, so the step peaks when its forward ends. ``meta`` is a learner built on
@@ -175,7 +179,13 @@ def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
         steps.append(tracker.peak_bytes)
         del loss
         carry.out = out.detach()
-    return max(steps) + _predicted_static(list(meta.parameters()))
+    return steps
+
+
+def predict_local(meta: LocalLearner, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Peak bytes of a local step: its largest step (``predict_local_steps``) plus
+    the parameters, their gradients and SGD's momentum."""
+    return max(predict_local_steps(meta, x, y)) + _predicted_static(list(meta.parameters()))
 
 
 def run_bench(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,10 +27,19 @@ from contsup.geometry import Geometry, LayoutError, geometry_of
 from contsup.memory import SavedTensorTracker
 from contsup.meta_ops import MemoizedMetaOps
 from partitioner.cost import count_flops
+from partitioner.objectives import objective_cost
 
 STATIC_COPIES = 3  # a parameter, its gradient and SGD's momentum buffer
 
-__all__ = ["AuxCost", "aux_costs", "extra_cost_hook", "balance_hook", "AuxBudget", "aux_budget"]
+__all__ = [
+    "AuxCost",
+    "aux_costs",
+    "extra_cost_hook",
+    "balance_hook",
+    "balanced_partition",
+    "AuxBudget",
+    "aux_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,11 @@ def _meta(geometry: Geometry, batch: int) -> torch.Tensor:
 
 
 def aux_costs(
-    config: AuxConfig, target: Geometry, sources: Sequence[Geometry], batch: int
+    config: AuxConfig,
+    target: Geometry,
+    sources: Sequence[Geometry],
+    batch: int,
+    held: bool = True,
 ) -> tuple[AuxCost, AuxCost]:
     """(head, bridge) costs at a boundary of ``target`` whose bridge reads ``sources``.
 
@@ -104,80 +118,158 @@ def aux_costs(
 
         head, bridge = aux_costs(learner.aux_config, target, [previous], batch=32)
 
-    The head (and decoder) read the segment's output, which the segment holds, so
-    its storage is not counted; the bridge's inputs are detached, as in training.
-    Results are remembered: balancing prices the same few shapes at every K tried.
+    The head (and decoder) read the segment's output. ``held``: the segment saves
+    that output for its own backward, so a head saving it too adds nothing. The
+    bridge's inputs are detached, as in training. Results are remembered:
+    balancing prices the same few shapes at every K tried.
     """
-    return _aux_costs(config, target, tuple(sources), batch)
+    return _aux_costs(config, target, tuple(sources), batch, held)
 
 
 @functools.lru_cache(maxsize=4096)
 def _aux_costs(
-    config: AuxConfig, target: Geometry, sources: tuple[Geometry, ...], batch: int
+    config: AuxConfig, target: Geometry, sources: tuple[Geometry, ...], batch: int, held: bool
 ) -> tuple[AuxCost, AuxCost]:
     if batch == 1:  # batch norm refuses to train on one value; costs are per sample
-        head, bridge = aux_costs(config, target, sources, 2)
+        head, bridge = aux_costs(config, target, sources, 2, held)
         return head.halved(), bridge.halved()
     with torch.device("meta"):
         head, decoder, bridge = config.modules_at(target, sources)
     h = _meta(target, batch).requires_grad_()
-    head_cost = _measure(head, h, owned=[h])
+    owned = [h] if held else []
+    head_cost = _measure(head, h, owned=owned)
     if decoder is not None:
-        head_cost = head_cost + _measure(decoder, h, owned=[h])
+        head_cost = head_cost + _measure(decoder, h, owned=owned)
     image = _meta(config.image, batch)
     bridge_cost = _measure(bridge, h.detach(), [_meta(g, batch) for g in sources], image)
     return head_cost, bridge_cost
 
 
 def extra_cost_hook(
-    model: nn.Module, objective: str, cost_at: Callable[[Geometry], tuple[AuxCost, AuxCost]]
+    model: nn.Module,
+    objective: str,
+    cost_at: Callable[[Geometry, partitioner.Boundary], tuple[AuxCost, AuxCost]],
 ) -> partitioner.plan.ExtraCost:
     """The partitioner's ``extra_cost``: a cut's head before it, its bridge after it.
 
     Example::
 
-        hook = extra_cost_hook(model, "memory", lambda g: aux_costs(config, g, [g], 32))
+        hook = extra_cost_hook(model, "memory", lambda g, b: aux_costs(config, g, [g], 32))
         part = partitioner.partition(model, x, k, "memory", extra_cost=hook)
 
-    ``cost_at(geometry)`` prices the aux modules at one boundary; results are
-    cached by geometry, since most cut candidates share a few shapes.
+    ``cost_at(geometry, boundary)`` prices the aux modules at one boundary
+    (``aux_costs`` remembers its results: most candidates share a few shapes).
     """
-    cache: dict[Geometry, tuple[float, float]] = {}
 
     def extra_cost(boundary: partitioner.Boundary) -> tuple[float, float]:
         # A cut local learning cannot use (wrap refuses it) is never worth choosing.
         if len(boundary.tensors) != 1:
             return math.inf, math.inf
         try:
-            target = geometry_of(boundary.tensors[0], model)
-            if target not in cache:
-                head, bridge = cost_at(target)
-                cache[target] = head.under(objective), bridge.under(objective)
+            head, bridge = cost_at(geometry_of(boundary.tensors[0], model), boundary)
         except (LayoutError, BoundaryTooNarrowError):
             return math.inf, math.inf
-        return cache[target]
+        return head.under(objective), bridge.under(objective)
 
     return extra_cost
 
 
 def balance_hook(
-    model: nn.Module, x: torch.Tensor, objective: str, config: AuxConfig
+    analysis: partitioner.Analysis,
+    objective: str,
+    config: AuxConfig,
+    chosen: Sequence[partitioner.Boundary] | None = None,
 ) -> partitioner.plan.ExtraCost:
     """The partitioner's ``extra_cost`` for ``config``: each cut priced with its aux modules.
 
     Example::
 
-        part = partitioner.partition(model, x, k, "memory",
-                                     extra_cost=balance_hook(model, x, "memory", config))
+        analysis = partitioner.analyze(model, x)
+        part = analysis.partition(k, "memory",
+                                  extra_cost=balance_hook(analysis, "memory", config))
 
-    Before the cuts are known a bridge's earlier sources are not, so an ``Rn``
-    encoder is priced as if it read a tensor shaped like its own boundary.
+    A bridge's ``Rn`` encoders read earlier boundaries, unknown before the cuts
+    are. Without ``chosen`` they are priced as if they read tensors shaped like
+    their own boundary; with ``chosen`` (the boundaries of an earlier balancing)
+    a candidate's bridge reads the chosen boundaries before it, which prices the
+    chosen cuts exactly. A unit runs on its own, so what the profile charges
+    once may be saved twice (``Analysis.saved_across``): a head that saves a
+    boundary its segment does not, and a segment that saves its input when the
+    one before saves it too.
     """
+    batch = analysis.example_input.shape[0]
+    earlier = [
+        (analysis.position_of(b), geometry_of(b.tensors[0], analysis.model)) for b in chosen or ()
+    ]
 
-    def cost_at(target: Geometry) -> tuple[AuxCost, AuxCost]:
-        return aux_costs(config, target, [target] * config.mode.recent, x.shape[0])
+    def cost_at(target: Geometry, boundary: partitioner.Boundary) -> tuple[AuxCost, AuxCost]:
+        if chosen is None:
+            sources = [target] * config.mode.recent
+        else:
+            position = analysis.position_of(boundary)
+            before = [g for p, g in earlier if p < position]
+            sources = gather_sources(len(before), config.mode, before, config.image)
+        held = analysis.saved_across(boundary)[0] > 0
+        return aux_costs(config, target, sources, batch, held)
 
-    return extra_cost_hook(model, objective, cost_at)
+    priced = extra_cost_hook(analysis.model, objective, cost_at)
+    if objective != "memory":
+        return priced
+
+    def extra_cost(boundary: partitioner.Boundary) -> tuple[float, float]:
+        head, bridge = priced(boundary)
+        before, after = analysis.saved_across(boundary)
+        return head, bridge + (after if before else 0)
+
+    return extra_cost
+
+
+REBALANCINGS = 2  # balancings after the first, each pricing Rn encoders at the last cuts
+
+
+def balanced_partition(
+    analysis: partitioner.Analysis, k: int, objective: str, config: AuxConfig
+) -> partitioner.Partition:
+    """``k`` segments balanced with each cut's head and bridge counted.
+
+    Example::
+
+        part = balanced_partition(partitioner.analyze(model, x), 16, "memory", config)
+
+    With ``Rn`` context the balance runs again with each candidate's bridge reading
+    the boundaries the last balancing chose (``balance_hook``'s ``chosen``), while
+    that lowers the costliest segment priced at its own cuts. The partition's
+    ``extra_costs`` are those of its own cuts.
+    """
+    part = analysis.partition(k, objective, extra_cost=balance_hook(analysis, objective, config))
+    if not config.mode.recent:
+        return part
+    best, peak = _priced(analysis, part, objective, config)
+    for _ in range(REBALANCINGS):
+        hook = balance_hook(analysis, objective, config, chosen=part.boundaries)
+        with warnings.catch_warnings():  # the first balancing warned already
+            warnings.simplefilter("ignore", partitioner.PartitionWarning)
+            part = analysis.partition(k, objective, extra_cost=hook)
+        part, part_peak = _priced(analysis, part, objective, config)
+        if part_peak >= peak:
+            break
+        best, peak = part, part_peak
+    return best
+
+
+def _priced(
+    analysis: partitioner.Analysis, part: partitioner.Partition, objective: str, config: AuxConfig
+) -> tuple[partitioner.Partition, float]:
+    """``part`` with the extra costs of its own cuts, and its costliest segment's cost."""
+    hook = balance_hook(analysis, objective, config, chosen=part.boundaries)
+    extras = [0.0] * part.k
+    for j, boundary in enumerate(part.boundaries):
+        before, after = hook(boundary)
+        extras[j] += before
+        extras[j + 1] += after
+    part.extra_costs = extras
+    costs = [objective_cost(s, objective) for s in part.stats]
+    return part, max(c + e for c, e in zip(costs, extras))
 
 
 @dataclass(frozen=True)

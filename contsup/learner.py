@@ -24,7 +24,7 @@ from torch import nn
 
 import partitioner
 from contsup.auxiliary import DEFAULT_DESIGN, AuxConfig, aux_config
-from contsup.budget import balance_hook
+from contsup.budget import balance_hook, balanced_partition
 from contsup.context import ContextMode, gather_sources, recent_sources
 from contsup.errors import ConfigError, ContsupError
 from contsup.geometry import Geometry, geometry_of
@@ -483,8 +483,7 @@ def wrap(
         timed = cuts is None and objective == "time"
         analysis = partitioner.analyze(model, x, measure_time=timed)
     if cuts is None:
-        hook = balance_hook(model, x, objective, config)
-        part = analysis.partition(k, objective, extra_cost=hook)
+        part = balanced_partition(analysis, k, objective, config)
     else:
         part = analysis.split_at(cuts, objective)
     for b in part.boundaries:

@@ -72,12 +72,12 @@ def plan_split(
         net, x, measure_time=objective == "time", max_boundary_tensors=max_boundary_tensors
     )
     config = _aux_config(net, x, context, aux, head) if context is not None else None
-    hook = None
     if config is not None and objective != "time":
-        from contsup.learner import balance_hook
+        from contsup.budget import balanced_partition
 
-        hook = balance_hook(net, x, objective, config)
-    part = analysis.partition(k, objective, extra_cost=hook)
+        part = balanced_partition(analysis, k, objective, config)
+    else:
+        part = analysis.partition(k, objective)
     decay = None
     if config is not None:
         decay = resolve_momentum(momentum_heads, config.design, "ce", part.stats, batch_size)

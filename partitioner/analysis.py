@@ -59,6 +59,7 @@ class Analysis:
     eval_values: dict[str, Any]
     costs: dict[str, NodeCost]
     cuts: list[tuple[Cut, Cut]]
+    saved_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Segment graphs cut so far, by graph and edges: a planner splits many K, whose
     # segments recur (graphs are never changed once cut, so they can be shared).
     graphs: dict = field(default_factory=dict, repr=False)
@@ -196,6 +197,40 @@ class Analysis:
         """The boundary spec of a cut candidate of the training graph."""
         return Boundary(tuple(self._spec(name) for name in cut.boundary))
 
+    def saved_across(self, boundary: Boundary) -> tuple[int, int]:
+        """Bytes of the boundary's tensors that nodes before the cut save, and nodes after it.
+
+        Example::
+
+            before, after = analysis.saved_across(part.boundaries[0])
+
+        The profile charges a stored tensor once, to the first node that saves it,
+        but a segment run on its own (a local-learning unit, a pipeline stage)
+        saves its own copy of its input: a boundary saved on both sides (a ReLU's
+        output that the next convolution reads) is saved twice.
+        """
+        cut = self.position_of(boundary)
+        before = after = 0
+        for name in (t.node for t in boundary.tensors):
+            value = self.train_values[name]
+            nbytes = value.numel() * value.element_size()
+            where = [self._node_positions[saver] for saver in self.saved_by.get(name, ())]
+            before += nbytes if any(p <= cut for p in where) else 0
+            after += nbytes if any(p > cut for p in where) else 0
+        return before, after
+
+    def position_of(self, boundary: Boundary) -> int:
+        """The graph position of the cut candidate whose boundary is ``boundary``."""
+        return self._cut_positions[tuple(t.node for t in boundary.tensors)]
+
+    @cached_property
+    def _cut_positions(self) -> dict[tuple[str, ...], int]:
+        return {cut.boundary: cut.position for cut, _ in self.cuts}
+
+    @cached_property
+    def _node_positions(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
     def split(
         self, chosen: Sequence[int], objective: str, extra_costs: Sequence[float] | None = None
     ) -> Partition:
@@ -273,6 +308,7 @@ def analyze(
         eval_profile.values,
         train_profile.costs,
         paired,
+        train_profile.saved_by,
     )
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -62,6 +62,8 @@ class GraphProfile:
 
     values: dict[str, Any]
     costs: dict[str, NodeCost]
+    # Every node that saves a value's storage for backward, by the value's node name.
+    saved_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -106,18 +108,26 @@ class _ProfilingInterpreter(fx.Interpreter):
         self.costs: dict[str, NodeCost] = {}
         self.seen_storages: set[int] = set()
         self.saved: list[torch.Tensor] = []  # keeps storages alive so keys stay unique
+        self.savers: dict[int, list[str]] = {}  # every node saving a storage, not just the first
         self.current: NodeCost | None = None
+        self.current_name = ""
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
-        if key not in self.seen_storages and key not in self.param_storages:
+        if key in self.param_storages:
+            return t
+        if key not in self.seen_storages:
             self.seen_storages.add(key)
             self.saved.append(t)
             self.current.saved_bytes += t.untyped_storage().nbytes()
+        savers = self.savers.setdefault(key, [])
+        if self.current_name not in savers:
+            savers.append(self.current_name)
         return t
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = self.costs.setdefault(n.name, NodeCost())
+        self.current_name = n.name
         before = self.flop_counter.total
         result = super().run_node(n)
         self.current.flops += self.flop_counter.total - before
@@ -216,7 +226,12 @@ def profile(gm: fx.GraphModule, example_input: torch.Tensor, *, costs: bool = Tr
         interpreter.costs.setdefault(n.name, NodeCost())
     _charge_parameters(gm, interpreter.costs)
     values = {n.name: v for n, v in interpreter.env.items()}
-    return GraphProfile(values=values, costs=interpreter.costs)
+    saved_by = {
+        name: tuple(interpreter.savers.get(_storage_key(v), ()))
+        for name, v in values.items()
+        if isinstance(v, torch.Tensor)
+    }
+    return GraphProfile(values=values, costs=interpreter.costs, saved_by=saved_by)
 
 
 def _run_on_meta(

@@ -3,11 +3,21 @@
 import math
 
 import pytest
+import timm
 import torch
 
 import partitioner
 from contsup.auxiliary import AuxConfig, BoundaryTooNarrowError
-from contsup.budget import STATIC_COPIES, AuxCost, aux_budget, aux_costs, extra_cost_hook
+from contsup.bench import predict_local_steps
+from contsup.budget import (
+    STATIC_COPIES,
+    AuxCost,
+    aux_budget,
+    aux_costs,
+    balance_hook,
+    balanced_partition,
+    extra_cost_hook,
+)
 from contsup.context import parse_context
 from contsup.geometry import Geometry
 from contsup.learner import wrap
@@ -58,19 +68,20 @@ def test_a_head_does_not_count_the_boundary_the_segment_already_holds():
     assert bridge == AuxCost()
 
 
-def test_the_balance_hook_prices_each_shape_once_and_refuses_unusable_cuts():
+def test_the_balance_hook_prices_each_cut_by_its_geometry_and_refuses_unusable_cuts():
     model = create("resnet20")
     calls = []
 
-    def cost_at(target):
-        calls.append(target)
+    def cost_at(target, boundary):
+        calls.append((target, boundary))
         return AuxCost(flops=5), AuxCost(flops=7)
 
     hook = extra_cost_hook(model, "flops", cost_at)
     analysis = partitioner.analyze(model, torch.randn(2, 3, 32, 32))
     single = [analysis.boundary(cut) for cut, _ in analysis.cuts]
     assert all(hook(b) == (5, 7) for b in single)
-    assert len(calls) == len(set(calls)) < len(single)
+    assert [b for _, b in calls] == single
+    assert all(g.channels == b.shape[1] for g, b in calls)
     multi = partitioner.Boundary(tensors=single[0].tensors * 2)
     assert hook(multi) == (math.inf, math.inf)
 
@@ -102,12 +113,65 @@ def test_only_an_unusable_boundary_costs_infinity_a_bug_raises():
     analysis = partitioner.analyze(model, torch.randn(2, 3, 32, 32))
     boundary = analysis.boundary(analysis.cuts[0][0])
 
-    def narrow(target):
+    def narrow(target, boundary):
         raise BoundaryTooNarrowError("a boundary of 2 channels cannot take 3 context sources")
 
-    def broken(target):
+    def broken(target, boundary):
         raise ValueError("a bug in a bridge builder")
 
     assert extra_cost_hook(model, "flops", narrow)(boundary) == (math.inf, math.inf)
     with pytest.raises(ValueError, match="a bug"):
         extra_cost_hook(model, "flops", broken)(boundary)
+
+
+def _meta_timm(name, size, batch=8):
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=10)
+    return model, torch.empty(batch, 3, size, size, device="meta")
+
+
+def _aux_param_bytes(learner, k):
+    modules = [learner.heads[k]] if k < len(learner.heads) else []
+    modules += [learner.bridges[k - 1]] if k else []
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+@pytest.mark.parametrize("name, size", [("mobilenetv3_small_050", 96), ("resnet18", 64)])
+@pytest.mark.parametrize("mode", ["R0", "R1E"])
+def test_the_balance_prices_each_unit_as_a_step_saves_it(name, size, mode):
+    # A unit runs on its own: a boundary saved on both sides of a cut is saved twice,
+    # and a head may save the output its segment does not. Priced per unit (with the
+    # aux modules' parameters, which the balance charges to their cut), the balance
+    # must see what a step of that unit saves, or it picks the wrong cuts.
+    model, x = _meta_timm(name, size)
+    learner = wrap(model, 5, example_input=x, context=mode, objective="memory", momentum_heads=None)
+    part = learner.partition
+    priced = [s.activation_bytes + e for s, e in zip(part.stats, part.extra_costs)]
+    y = torch.zeros(len(x), dtype=torch.long, device="meta")
+    steps = predict_local_steps(learner, x, y)
+    for k in range(learner.k - 1):  # the last segment's head is the model's own
+        measured = steps[k] + STATIC_COPIES * _aux_param_bytes(learner, k)
+        assert priced[k] == pytest.approx(measured, rel=0.01), k
+
+
+def test_rebalancing_with_the_chosen_sources_lowers_the_peak():
+    # Priced as if each Rn encoder read its own boundary's shape, a wide boundary's
+    # bridge looks costlier than it is when the boundary before is narrower (here
+    # contsup 0.2's encoders, on the boundary's full grid: the cost follows the source).
+    model, x = _meta_timm("efficientnet_b0", 96)
+    analysis = partitioner.analyze(model, x)
+    config = wrap(model, 2, example_input=x, context="R1E", aux="scaled-0.2").aux_config
+    first = analysis.partition(8, "memory", extra_cost=balance_hook(analysis, "memory", config))
+    best = balanced_partition(analysis, 8, "memory", config)
+
+    def peak(part):
+        own = balance_hook(analysis, "memory", config, chosen=part.boundaries)
+        extras = [0.0] * part.k
+        for j, boundary in enumerate(part.boundaries):
+            before, after = own(boundary)
+            extras[j] += before
+            extras[j + 1] += after
+        return max(s.activation_bytes + e for s, e in zip(part.stats, extras)), extras
+
+    assert peak(best)[1] == best.extra_costs  # priced at its own cuts
+    assert peak(best)[0] < 0.99 * peak(first)[0]

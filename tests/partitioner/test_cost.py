@@ -54,3 +54,19 @@ def test_node_times_cover_every_node_and_restore_buffers():
     assert set(times) == {n.name for n in gm.graph.nodes}
     assert all(t >= 0 for t in times.values()) and times["_0"] > 0
     assert torch.equal(model[1].running_mean, before)
+
+
+def test_saved_across_tells_which_sides_of_a_cut_save_the_boundary():
+    import partitioner
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    analysis = partitioner.analyze(model, torch.randn(2, 3, 8, 8))
+    by_node = {cut.boundary: analysis.boundary(cut) for cut, _ in analysis.cuts}
+    nbytes = 2 * 4 * 6 * 6 * 4
+    # The conv's output is saved only by the batch norm after the cut: charged there.
+    assert analysis.saved_across(by_node[("_0",)]) == (0, nbytes)
+    # The ReLU saves its output and the next conv its input: a segment run on its
+    # own saves its copy, which the profile (one charge per storage) does not count.
+    assert analysis.saved_across(by_node[("_2",)]) == (nbytes, nbytes)
+    # The batch norm's output is saved by nobody but the ReLU (its own output).
+    assert analysis.saved_across(by_node[("_1",)]) == (0, 0)

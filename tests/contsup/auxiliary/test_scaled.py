@@ -204,6 +204,33 @@ def test_legacy_design_builds_the_modules_of_0_2():
     assert old_e(x).shape[-2:] == new_e(x).shape[-2:] == (28, 28)
 
 
+@pytest.mark.parametrize("grid, coarse", [(112, 14), (56, 14), (32, 16), (28, 14), (8, 4)])
+def test_encoders_work_on_half_the_grid_at_most_16_a_side(grid, coarse):
+    """Half the grid, halved again while over 16x16: a 112x112 boundary's encoders
+    cost 1/64 of the boundary's grid, not 1/4; at 32 px (grids <= 32) only halving."""
+    from contsup.auxiliary import get_design
+
+    target, source = Geometry("NCHW", 64, grid, grid), Geometry("NCHW", 16, grid, grid)
+    image = Geometry("NCHW", 3, 8 * grid, 8 * grid)
+    bridge = get_design("scaled").bridge(target, [source], image)
+    recent, encoder = bridge.recent[0], bridge.image
+    c = torch.zeros(2, 16, grid, grid)
+    x = torch.zeros(2, 3, 8 * grid, 8 * grid)
+    assert _until_conv(recent, c).shape[-2:] == (coarse, coarse)
+    assert nn.Sequential(*list(encoder)[:-1])(x).shape[-2:] == (coarse, coarse)
+    assert encoder(x).shape[-2:] == (grid, grid)
+    legacy = get_design("scaled-0.2").bridge(target, [source], image).recent[0]
+    assert _until_conv(legacy, c).shape[-2:] == (grid // 2, grid // 2)  # 0.2's runs load as trained
+
+
+def _until_conv(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    for module in encoder:
+        if isinstance(module, nn.Conv2d):
+            return x
+        x = module(x)
+    raise AssertionError("no conv")
+
+
 def test_heads_pool_whole_windows_without_saving_the_boundary():
     """avg_pool2d saves its input: a boundary-sized tensor the segment may not keep."""
     from contsup.auxiliary import scaled
