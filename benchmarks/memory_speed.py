@@ -267,7 +267,8 @@ def main() -> None:
     order = [s["name"] for s in settings()]
     results = sorted(saved().values(), key=lambda r: order.index(r["name"]))
     stamps = sorted({r.get("measured", "") for r in results})
-    stamp = "; ".join(stamps) + "; cuts balanced by memory, aux design scaled"
+    designs = sorted({row["aux"] for r in results for row in r["rows"] if row.get("aux")})
+    stamp = "; ".join(stamps) + f"; cuts balanced by memory, aux design {' or '.join(designs)}"
     stem.with_suffix(".md").write_text(markdown(results, stamp))
     plot(results, stem.with_suffix(".png"), stamp)
     print(markdown(results, stamp))
