@@ -106,9 +106,8 @@ class _ProfilingInterpreter(fx.Interpreter):
         self.param_storages = param_storages
         self.measure = measure
         self.costs: dict[str, NodeCost] = {}
-        self.seen_storages: set[int] = set()
         self.saved: list[torch.Tensor] = []  # keeps storages alive so keys stay unique
-        self.savers: dict[int, list[str]] = {}  # every node saving a storage, not just the first
+        self.savers: dict[int, list[str]] = {}  # every node that saves a storage, in order
         self.current: NodeCost | None = None
         self.current_name = ""
 
@@ -116,11 +115,11 @@ class _ProfilingInterpreter(fx.Interpreter):
         key = _storage_key(t)
         if key in self.param_storages:
             return t
-        if key not in self.seen_storages:
-            self.seen_storages.add(key)
+        savers = self.savers.get(key)
+        if savers is None:  # charged to the first node that saves it
+            savers = self.savers[key] = []
             self.saved.append(t)
             self.current.saved_bytes += t.untyped_storage().nbytes()
-        savers = self.savers.setdefault(key, [])
         if self.current_name not in savers:
             savers.append(self.current_name)
         return t
