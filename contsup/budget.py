@@ -27,7 +27,7 @@ from contsup.geometry import Geometry, LayoutError, geometry_of
 from contsup.memory import SavedTensorTracker
 from contsup.meta_ops import MemoizedMetaOps
 from partitioner.cost import count_flops
-from partitioner.objectives import objective_cost
+from partitioner.objectives import segment_extras
 
 STATIC_COPIES = 3  # a parameter, its gradient and SGD's momentum buffer
 
@@ -209,19 +209,12 @@ def balance_hook(
             position = analysis.position_of(boundary)
             before = [g for p, g in earlier if p < position]
             sources = gather_sources(len(before), config.mode, before, config.image)
-        held = analysis.saved_across(boundary)[0] > 0
-        return aux_costs(config, target, sources, batch, held)
-
-    priced = extra_cost_hook(analysis.model, objective, cost_at)
-    if objective != "memory":
-        return priced
-
-    def extra_cost(boundary: partitioner.Boundary) -> tuple[float, float]:
-        head, bridge = priced(boundary)
         before, after = analysis.saved_across(boundary)
-        return head, bridge + (after if before else 0)
+        head, bridge = aux_costs(config, target, sources, batch, held=before > 0)
+        # The unit after the cut saves its own copy of a boundary the one before saves.
+        return head, bridge + AuxCost(saved_bytes=after if before else 0)
 
-    return extra_cost
+    return extra_cost_hook(analysis.model, objective, cost_at)
 
 
 REBALANCINGS = 2  # balancings after the first, each pricing Rn encoders at the last cuts
@@ -262,14 +255,8 @@ def _priced(
 ) -> tuple[partitioner.Partition, float]:
     """``part`` with the extra costs of its own cuts, and its costliest segment's cost."""
     hook = balance_hook(analysis, objective, config, chosen=part.boundaries)
-    extras = [0.0] * part.k
-    for j, boundary in enumerate(part.boundaries):
-        before, after = hook(boundary)
-        extras[j] += before
-        extras[j + 1] += after
-    part.extra_costs = extras
-    costs = [objective_cost(s, objective) for s in part.stats]
-    return part, max(c + e for c, e in zip(costs, extras))
+    part.extra_costs = segment_extras([hook(b) for b in part.boundaries])
+    return part, max(part.segment_costs)
 
 
 @dataclass(frozen=True)

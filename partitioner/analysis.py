@@ -354,9 +354,13 @@ class Partition(nn.Module):
         return len(self.segments)
 
     @property
+    def segment_costs(self) -> list[float]:
+        """Each segment's cost under the objective, its extra costs included."""
+        return [objective_cost(s, self.objective) + e for s, e in zip(self.stats, self.extra_costs)]
+
+    @property
     def imbalance(self) -> float:
-        costs = [objective_cost(s, self.objective) for s in self.stats]
-        return imbalance([c + e for c, e in zip(costs, self.extra_costs)])
+        return imbalance(self.segment_costs)
 
     def forward(self, x: torch.Tensor) -> Any:
         x = self.segments[0](x)

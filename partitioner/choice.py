@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from partitioner.balance import group_sums, min_max_partition
 from partitioner.errors import PartitionWarning
-from partitioner.objectives import stretch_sums
+from partitioner.objectives import segment_extras, stretch_sums
 
 __all__ = ["Balanced", "Candidates", "choose_cuts", "trainable_params"]
 
@@ -126,10 +126,7 @@ def _balance(
     chunks = stretch_sums(per_node, [candidates.positions[i] for i in numbers])
     pairs = None if split_costs is None else [split_costs[i] for i in numbers]
     splits = min_max_partition(chunks, k, split_costs=pairs)
-    extras = [0.0] * k
-    for g, s in enumerate(splits if pairs is not None else ()):
-        extras[g] += pairs[s - 1][0]
-        extras[g + 1] += pairs[s - 1][1]
+    extras = [0.0] * k if pairs is None else segment_extras([pairs[s - 1] for s in splits])
     costs = [c + e for c, e in zip(group_sums(chunks, splits), extras)]
     return Balanced([numbers[s - 1] for s in splits], extras, max(costs))
 

@@ -29,6 +29,7 @@ __all__ = [
     "check_objective",
     "imbalance",
     "objective_cost",
+    "segment_extras",
     "segment_stats",
     "stretch_sums",
 ]
@@ -154,6 +155,21 @@ def imbalance(costs: Sequence[float]) -> float:
     """
     mean = sum(costs) / len(costs)
     return max(costs) / mean if mean > 0 else 1.0
+
+
+def segment_extras(split_costs: Sequence[tuple[float, float]]) -> list[float]:
+    """What each segment gains from the ``(before, after)`` costs of the cuts around it.
+
+    Example::
+
+        >>> segment_extras([(1, 2), (3, 4)])
+        [1.0, 5.0, 4.0]
+    """
+    extras = [0.0] * (len(split_costs) + 1)
+    for j, (before, after) in enumerate(split_costs):
+        extras[j] += before
+        extras[j + 1] += after
+    return extras
 
 
 def stretch_sums(per_node: Sequence[float], positions: Sequence[int]) -> list[float]:

@@ -22,6 +22,7 @@ from contsup.context import parse_context
 from contsup.geometry import Geometry
 from contsup.learner import wrap
 from contsup.momentum_heads import shadows
+from partitioner.objectives import segment_extras
 from tests.conftest import create
 
 IMAGE = Geometry("NCHW", 3, 32, 32)
@@ -166,11 +167,7 @@ def test_rebalancing_with_the_chosen_sources_lowers_the_peak():
 
     def peak(part):
         own = balance_hook(analysis, "memory", config, chosen=part.boundaries)
-        extras = [0.0] * part.k
-        for j, boundary in enumerate(part.boundaries):
-            before, after = own(boundary)
-            extras[j] += before
-            extras[j + 1] += after
+        extras = segment_extras([own(b) for b in part.boundaries])
         return max(s.activation_bytes + e for s, e in zip(part.stats, extras)), extras
 
     assert peak(best)[1] == best.extra_costs  # priced at its own cuts

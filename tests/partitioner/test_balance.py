@@ -108,3 +108,10 @@ def test_zero_split_costs_change_nothing():
 def test_split_costs_need_one_pair_per_split_point():
     with pytest.raises(ValueError, match="one \\(before, after\\) pair per split point"):
         min_max_partition([1, 2, 3], 2, split_costs=[(0, 0)])
+
+
+def test_segment_extras_add_each_cuts_costs_to_the_segments_beside_it():
+    from partitioner.objectives import segment_extras
+
+    assert segment_extras([]) == [0.0]
+    assert segment_extras([(1, 2), (3, 4), (5, 6)]) == [1, 5, 9, 6]
