@@ -291,6 +291,21 @@ def suites() -> dict[str, list[dict]]:
                 )
                 for c in ("R0", "R1E")
             ),
+            # More context sources (the paper's Table 4 goes to R16), with the default.
+            *(
+                _row(
+                    "core",
+                    CORE,
+                    RESNET32,
+                    f"K16 {c} sized momentum0.99",
+                    16,
+                    c,
+                    "sized",
+                    baseline="core/K16 R0 sized momentum0.99",
+                    momentum_heads=0.99,
+                )
+                for c in ("R2E", "R4E")
+            ),
             _row(
                 "core",
                 CORE,
