@@ -42,7 +42,7 @@ from contsup.auxiliary import DEFAULT_DESIGN
 from contsup.budget import STATIC_COPIES, aux_budget
 from contsup.learner import LocalLearner, wrap
 from contsup.memory import SavedTensorTracker
-from contsup.momentum_heads import momentum_of
+from contsup.momentum_heads import AUTO, momentum_of
 from contsup.network import Carry
 from contsup.oom import StepOutOfMemory
 from contsup.optimizers import fused_step
@@ -201,10 +201,14 @@ def run_bench(
     objective: str = "memory",
     aux: str = DEFAULT_DESIGN,
     head: str = "1c2f",
+    momentum_heads: float | str | None = AUTO,
     compile: bool = False,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Measure e2e, checkpointed, floor (per K) and local (per K and context) training steps.
+
+    ``momentum_heads``: as ``wrap``'s (``auto``, ``off`` or a decay) for the context
+    rows; the floor never has them.
 
     ``compile``: after each local row, a ``compiled`` row of the same configuration
     with ``LocalLearner.compile_units`` (compiled in the warm-up steps, not timed).
@@ -242,7 +246,10 @@ def run_bench(
     for k in ks:
         emit(bench.checkpointed(k, objective))
         meta_x = torch.empty(x.shape, device="meta")
-        runs = _local_runs(meta_model, k, meta_x, contexts, aux=aux, head=head, objective=objective)
+        runs = _local_runs(
+            meta_model, k, meta_x, contexts,
+            aux=aux, head=head, objective=objective, momentum_heads=momentum_heads,
+        )  # fmt: skip
         for mode, options, meta in runs:
             emit(bench.local(mode, k, options, meta))
             if compile and mode == "local":
@@ -254,7 +261,7 @@ def _local_runs(
     meta_model: nn.Module, k: int, meta_x: torch.Tensor, contexts: Sequence[str], **options
 ) -> list[tuple[str, dict, LocalLearner]]:
     """``(mode, wrap options, the same learner built on the meta device)`` of the floor
-    and of each context's local run; ``options`` are ``aux``, ``head`` and ``objective``."""
+    and of each context's local run; ``options`` are ``wrap``'s."""
     runs = []
     for context in contexts:
         local = dict(context=context, **options)

@@ -36,6 +36,10 @@ def bench(
     objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
     aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
     head: Annotated[str, typer.Option(help="local head, e.g. 1c2f")] = "1c2f",
+    momentum_heads: Annotated[
+        str,
+        typer.Option(help="momentum heads of the context rows: auto, off or a decay (0.99)"),
+    ] = "auto",
     compile: Annotated[
         bool, typer.Option("--compile", help="also each local row with every unit compiled")
     ] = False,
@@ -54,10 +58,12 @@ def bench(
         from contsup.bench import run_bench
         from contsup.devices import check_device
         from contsup.models.lookup import create_model
+        from contsup.momentum_heads import momentum_option
         from contsup.oom import StepOutOfMemory
         from contsup.tables import print_bench_table
 
         ks, contexts = _checked_options(k, context, aux, head, objective, batch_size, steps)
+        momentum = momentum_option(momentum_heads)
         check_device(device)
         size = tuple(input_size or create_model(model).pretrained_cfg["input_size"])
         report = stderr if as_json else stdout
@@ -87,6 +93,7 @@ def bench(
                 objective=objective,
                 aux=aux,
                 head=head,
+                momentum_heads=momentum,
                 compile=compile,
                 on_row=on_row,
             )
@@ -101,6 +108,7 @@ def bench(
             "input_size": list(size),
             "objective": objective,
             "aux": aux,
+            "momentum_heads": momentum,
             "rows": [asdict(r) for r in rows],
         }
         if as_json:

@@ -99,6 +99,24 @@ def test_bench_json_schema():
     assert all(r["step_time_s"] > 0 and r["images_per_s"] > 0 for r in data["rows"])
 
 
+def test_bench_momentum_heads_can_be_turned_off():
+    """Their cost shows as the context rows' aux FLOPs; the floor never has them."""
+
+    def flops(*more):
+        args = ["bench", "resnet20", "--k", "4", "--context", "R0", "--batch-size", "4"]
+        result = CliRunner().invoke(app, [*args, "--steps", "1", "--json", *more])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+        return data["momentum_heads"], [r["aux_flops_fraction"] for r in data["rows"][2:]]
+
+    (auto, (floor, with_shadows)), (off, (floor_off, plain)) = (
+        flops(),
+        flops("--momentum-heads", "off"),
+    )
+    assert (auto, off) == ("auto", "off") and floor == floor_off
+    assert with_shadows > plain > floor
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -108,6 +126,7 @@ def test_bench_json_schema():
         (["bench", "resnet20", "--context", "R1,Q"], "unknown context mode 'Q'"),
         (["bench", "resnet20", "--device", "cuda"], "no CUDA GPU"),
         (["bench", "resnet20", "--objective", "time"], "not time"),
+        (["bench", "resnet20", "--momentum-heads", "1.5"], "decay in [0, 1), got 1.5"),
         (
             ["bench", "resnet20", "--k", "99", "--steps", "1", "--batch-size", "2"],
             "between 1 and 14",

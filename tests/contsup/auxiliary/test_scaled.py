@@ -198,10 +198,8 @@ def test_legacy_design_builds_the_modules_of_0_2():
     assert old[:2](h).shape[-2:] == (14, 14) and new[:2](h).shape[-2:] == (7, 7)
     assert old[2].out_channels == 32 > new[2].out_channels
     old_e, new_e = legacy.bridge(target, [], image).image, thin.bridge(target, [], image).image
-    assert not any(isinstance(m, nn.Upsample) for m in old_e)
-    assert isinstance(new_e[-1], nn.Upsample)
     x = torch.zeros(1, 3, 224, 224)
-    assert old_e(x).shape[-2:] == new_e(x).shape[-2:] == (28, 28)
+    assert old_e(x).shape[-2:] == (28, 28) and new_e(x).shape[-2:] == (14, 14)
 
 
 @pytest.mark.parametrize("grid, coarse", [(112, 14), (56, 14), (32, 16), (28, 14), (8, 4)])
@@ -217,8 +215,8 @@ def test_encoders_work_on_half_the_grid_at_most_16_a_side(grid, coarse):
     c = torch.zeros(2, 16, grid, grid)
     x = torch.zeros(2, 3, 8 * grid, 8 * grid)
     assert _until_conv(recent, c).shape[-2:] == (coarse, coarse)
-    assert nn.Sequential(*list(encoder)[:-1])(x).shape[-2:] == (coarse, coarse)
-    assert encoder(x).shape[-2:] == (grid, grid)
+    assert encoder(x).shape[-2:] == recent(c).shape[-2:] == (coarse, coarse)
+    assert bridge(torch.zeros(2, 64, grid, grid), [c], x).shape[-2:] == (grid, grid)
     legacy = get_design("scaled-0.2").bridge(target, [source], image).recent[0]
     assert _until_conv(legacy, c).shape[-2:] == (grid // 2, grid // 2)  # 0.2's runs load as trained
 
