@@ -145,8 +145,9 @@ def main() -> None:
                  objective="memory", example_input=x)  # fmt: skip
     configs = [("floor", "R0", "0c1f")] + [(f"{c} {args.head}", c, args.head) for c in contexts]
     for name, context, head in configs:
+        plain = {"momentum_heads": None} if name == "floor" else {}  # as contsup bench's floor
         learner = wrap(make(), args.k, context=context, aux=args.aux, head=head,
-                       cuts=first.partition, example_input=x)  # fmt: skip
+                       cuts=first.partition, example_input=x, **plain)  # fmt: skip
         step = partial(_local_step, learner, _sgd(learner.parameters()), x, y)
         modules = {"segment": list(learner.segments), "head": list(learner.heads),
                    "bridge": list(learner.bridges)}  # fmt: skip
