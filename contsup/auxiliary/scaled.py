@@ -10,15 +10,15 @@ full-width 1x1 conv before pooling, and heads widen to the network's width. At
 224 px they save more for backward than the segments they serve. The rules here:
 
 * Pool first. Nothing learned runs above the boundary's grid. Encoders work on
-  half the grid, halved again down to at most 16x16, and upsample (the image
-  encoder looks at a grid twice as fine as its own, through one patchify conv),
+  half the grid, halved again down to at most 16x16, and the bridge upsamples
+  (the image encoder looks at a grid twice as fine as its own, through one patchify conv),
   so their convs cost a quarter or less, and the earlier boundary an ``Rn``
   encoder must save for its weight gradient is a quarter of its size or less.
   (At 32 px no grid is over 16x16 after halving; at 224 px the 16x16 limit cut
   mobilenetv3_large_100's aux FLOPs at K=16 from 5.8% to 3.6%.) Pooling a
   detached input records nothing for backward, and nearest upsampling saves
-  nothing either. Heads pool whole windows with a reshape and a mean
-  (``WindowMean``), which saves nothing of the boundary.
+  nothing either. Heads pool whole windows (``WindowMean``, ``windows.window_mean``),
+  which saves nothing of the boundary.
 * Narrow widths that follow the boundary: encoders have at most 16 channels,
   heads at most 32 on a grid of at most 8x8, and fewer where their convs would
   cost more than ``HEAD_MACS`` multiply-adds per value of the boundary. On

@@ -11,10 +11,10 @@ from contsup.geometry import Geometry
 from contsup.memory import SavedTensorTracker
 
 
-def _map(*shape, channels_last=False, **kwargs):
+def _map(*shape, channels_last=False):
     t = torch.randn(*shape, dtype=torch.float64)
     t = t.to(memory_format=torch.channels_last) if channels_last else t
-    return t.requires_grad_(kwargs.get("requires_grad", True))
+    return t.requires_grad_()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
