@@ -1,5 +1,7 @@
 """The default design: the paper's modules where they cost little, the thin ones where not."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -14,9 +16,13 @@ from contsup.geometry import Geometry
 from contsup.learner import wrap
 from contsup.memory import SavedTensorTracker
 from contsup.momentum_heads import MomentumHead
+from contsup.recipes import load_recipe
 from tests.conftest import create
 
 IMAGE = Geometry("NCHW", 3, 32, 32)
+# The learning benchmark's cuts at K=16: the paper's, from its Table 2 recipe.
+T2 = Path(__file__).resolve().parents[3] / "recipes" / "t2_resnet32_cifar10.yaml"
+PAPER_K16_CUTS = dict(load_recipe(T2).runs)["K16-R1E-softmax"]["cuts"]
 
 
 def is_rich(bridge: nn.Module) -> bool:
@@ -163,14 +169,16 @@ def test_paper_head_macs_count_the_heads_convs(config, geometry):
 @pytest.mark.parametrize("momentum", [None, "auto"])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
 def test_the_learning_yardstick_builds_only_the_papers_modules(shape, momentum):
-    """resnet32 at K=16 on 32 px (the yardstick's learner): no thin module, so nothing
-    the thin modules' widths do reaches it; with momentum heads (the default there),
-    each head is the paper's at the next boundary."""
+    """resnet32 at K=16 on 32 px with the paper's cuts (the yardstick's learner): no
+    thin module, so nothing the thin modules' widths do reaches it; with momentum heads
+    (the default there), each head is the paper's at the next boundary."""
     from contsup.auxiliary import paper
 
     x = torch.zeros(2, *shape)
     model = create("resnet32", in_chans=shape[0])
-    learner = wrap(model, 16, context="R1E", example_input=x, momentum_heads=momentum)
+    learner = wrap(
+        model, cuts=PAPER_K16_CUTS, context="R1E", example_input=x, momentum_heads=momentum
+    )
     assert len(learner.bridges) == 15 and all(is_rich(b) for b in learner.bridges)
     heads = learner.heads[:-1]
     geometries = learner.geometries
