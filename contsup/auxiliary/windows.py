@@ -67,10 +67,10 @@ def window_mean(h: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
 
 class _AddToBand(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         n, width, rows, cols = context.shape
         window = (h.shape[2] // rows, h.shape[3] // cols)
-        out = h.to(torch.result_type(h, context), copy=True)
+        out = torch.empty_like(h, dtype=dtype).copy_(h)
         band = out[:, :width].view(n, width, rows, window[0], cols, window[1])
         band.add_(context[:, :, :, None, :, None])
         ctx.window, ctx.width, ctx.dtypes = window, width, (h.dtype, context.dtype)
@@ -82,7 +82,7 @@ class _AddToBand(torch.autograd.Function):
         grad_h = grad.to(h_dtype) if ctx.needs_input_grad[0] else None
         band = grad[:, : ctx.width]
         grad_context = F.avg_pool2d(band, ctx.window, divisor_override=1).to(context_dtype)
-        return grad_h, grad_context
+        return grad_h, grad_context, None
 
 
 def add_to_band(h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -99,4 +99,6 @@ def add_to_band(h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     rows, cols = context.shape[2:]
     if h.shape[2] % rows or h.shape[3] % cols:
         raise ValueError(f"a {tuple(h.shape[2:])} grid is no whole multiple of {(rows, cols)}")
-    return _AddToBand.apply(h, context)
+    # The dtype a sum would give, found here: torch.compile cannot trace a dtype-valued
+    # op inside an autograd.Function.
+    return _AddToBand.apply(h, context, torch.promote_types(h.dtype, context.dtype))

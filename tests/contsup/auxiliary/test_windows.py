@@ -76,3 +76,20 @@ def test_thin_bridges_add_the_same_context_either_way(grid, tiles):
     context = torch.cat(parts, 1)
     expected = torch.cat([h[:, : bridge.width] + context, h[:, bridge.width :]], 1)
     assert torch.equal(bridge(h, [c], x), expected)
+
+
+def test_both_compile_in_one_graph():
+    """``--compile`` compiles a unit's bridge and head with the segment: a graph break
+    here would split every unit with a thin bridge (dynamo cannot trace a dtype-valued
+    op, such as ``torch.result_type``, inside an autograd.Function)."""
+    h = torch.randn(2, 8, 8, 8, dtype=torch.bfloat16, requires_grad=True)
+    context = torch.randn(2, 4, 2, 2, requires_grad=True)
+
+    def step(h, context):
+        return window_mean(add_to_band(h, context), (2, 2))
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    out = compiled(h, context)
+    assert torch.equal(out, step(h, context))
+    out.float().sum().backward()
+    assert h.grad is not None and context.grad is not None
