@@ -186,6 +186,8 @@ def register_variants() -> None:
             )
 
     # sized, with every paper's E pooled early (it cuts a third of the 32 px aux FLOPs).
+    # The paper's E is built and then replaced, as in the stored runs: their initial
+    # weights came from those random draws.
     def pooled_e_bridge(target, sources, image):
         built = sized.build_bridge(target, sources, image)
         if isinstance(built, Bridge) and image is not None:
