@@ -469,6 +469,22 @@ def suites() -> dict[str, list[dict]]:
                 ("K16 R1E scaled", 16, "R1E", "scaled"),
                 ("E2E", 1, "R0", "scaled"),
             )
+        ]
+        # The default (momentum heads on) trained three times as long: is the gap to
+        # end-to-end one of convergence speed?
+        + [
+            _row(
+                "long",
+                LONG,
+                RESNET32,
+                f"K16 {c} sized momentum0.99",
+                16,
+                c,
+                "sized",
+                momentum_heads=0.99,
+                **({"baseline": "long/K16 R0 sized momentum0.99"} if c == "R1E" else {}),
+            )
+            for c in ("R0", "R1E")
         ],
         # Closing the gap to end-to-end with the default modules: the local rows' own
         # learning rate, InfoPro's reconstruction decoder, heads that borrow the next
