@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Test processes: one per core, at most 4 (each imports torch and takes ~1 GiB).
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 INSTALLED := $(VENV)/.installed
 
 .PHONY: demo test lint docs bench clean
@@ -17,7 +19,7 @@ demo: $(INSTALLED)
 	$(BIN)/contsup train --recipe recipes/digits.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(INSTALLED) lint docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

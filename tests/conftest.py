@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import timm
@@ -10,7 +11,8 @@ import contsup  # noqa: F401  (registers the CIFAR ResNets in timm)
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    # Under pytest-xdist (`make test`) each worker has a core of its own.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def twin(model: torch.nn.Module) -> torch.nn.Module:
