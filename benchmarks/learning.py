@@ -329,6 +329,20 @@ def suites() -> dict[str, list[dict]]:
                 )
                 for c in ("R0", "R1E", "R2E", "R4E")
             ),
+            # The default's R1E in float32, against the bf16 rows above.
+            _row(
+                "core",
+                CORE,
+                RESNET32,
+                "K16 R1E sized momentum0.99 fp32",
+                16,
+                "R1E",
+                "sized",
+                baseline="core/K16 R0 sized momentum0.99",
+                momentum_heads=0.99,
+                amp=None,
+                channels_last=False,
+            ),
             _row(
                 "core",
                 CORE,
