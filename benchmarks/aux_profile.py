@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import contsup  # noqa: F401  (registers the CIFAR ResNets)
 from contsup.bench import _e2e_step, _local_step, _sgd
+from contsup.cpu_allocator import keep_freed_memory
 from contsup.learner import wrap
 
 PARTS = ("segment", "head", "bridge", "loss+other", "optimizer")
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=8, help="ops listed per head and bridge")
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI's allocator setting (contsup.cpu_allocator)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, *args.input_size)
     y = torch.randint(0, 10, (args.batch_size,))

@@ -23,6 +23,7 @@ import torch
 
 from contsup.bench import _e2e_step, _local_step, _sgd, measure
 from contsup.budget import aux_budget
+from contsup.cpu_allocator import keep_freed_memory
 from contsup.learner import wrap
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI's allocator setting (contsup.cpu_allocator)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 224, 224)
     y = torch.randint(0, 10, (args.batch_size,))

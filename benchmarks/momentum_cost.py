@@ -17,6 +17,7 @@ import timm
 import torch
 
 from contsup.bench import _e2e_step, _local_step, _sgd, measure
+from contsup.cpu_allocator import keep_freed_memory
 from contsup.learner import wrap
 
 try:
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=0.99)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
+    keep_freed_memory()  # the CLI's allocator setting (contsup.cpu_allocator)
     torch.set_num_threads(1)
     x = torch.randn(args.batch_size, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch_size,))

@@ -2,7 +2,11 @@
 
 One process, one model, one synthetic batch on the device; for each
 configuration a fresh copy of the model and its optimizer (SGD with momentum),
-a few warm-up steps, then timed steps.
+a few warm-up steps and one step whose memory is measured. Then the timed
+steps, interleaved: each round times one step of every configuration, and a
+row's time is the median of its rounds. A shared machine's speed drifts over
+minutes; configurations timed one after another would each meet a different
+machine, while interleaved they meet the same one, so their ratios hold.
 
 Memory of one training step:
 
@@ -29,7 +33,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -87,6 +91,61 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def measure_memory(
+    step: Callable[[], None],
+    params: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    batch: Sequence[torch.Tensor],
+    *,
+    warmup: int = 2,
+) -> tuple[int, int, int]:
+    """(peak, activation, static) bytes of one step, after ``warmup`` steps.
+
+    On CUDA the peak is counted from what was allocated before the step (with this
+    configuration's gradients freed), so other configurations alive on the device
+    do not count.
+    """
+    for _ in range(warmup):  # also creates the optimizer state
+        step()
+    _sync(device)
+    static = static_bytes(params, optimizer)
+    if device.type == "cuda":
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        # Alive before the step: the parameters, the optimizer state and the batch.
+        activation = torch.cuda.max_memory_allocated(device) - before - _nbytes(params)
+    else:
+        with SavedTensorTracker(params) as tracker:
+            step()
+        activation = tracker.peak_bytes
+    return activation + static, activation, static
+
+
+def time_interleaved(
+    steps: Sequence[Callable[[], None]], device: torch.device, rounds: int
+) -> list[float]:
+    """The median seconds of each of ``steps``, timed one step each per round.
+
+    Example::
+
+        e2e_s, local_s = time_interleaved([e2e_step, local_step], torch.device("cpu"), 5)
+    """
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for step, seconds in zip(steps, times):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            seconds.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def measure(
     step: Callable[[], None],
     params: Sequence[torch.Tensor],
@@ -97,31 +156,11 @@ def measure(
     steps: int,
     warmup: int = 2,
 ) -> tuple[int, int, int, float]:
-    """(peak, activation, static) bytes of one step, and its median time in seconds."""
-    for _ in range(warmup):  # also creates the optimizer state
-        step()
-    _sync(device)
-    static = static_bytes(params, optimizer)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        activation = peak - static - _nbytes(batch)
-    else:
-        with SavedTensorTracker(params) as tracker:
-            step()
-        activation = tracker.peak_bytes
-        peak = activation + static
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return peak, activation, static, statistics.median(times)
+    """(peak, activation, static) bytes of one step, and its median time in seconds
+    over ``steps`` steps run back to back (``measure_memory``, ``time_interleaved``)."""
+    peak, activation, static = measure_memory(step, params, optimizer, device, batch, warmup=warmup)
+    (seconds,) = time_interleaved([step], device, steps)
+    return peak, activation, static, seconds
 
 
 def _sgd(params) -> torch.optim.Optimizer:
@@ -203,6 +242,7 @@ def run_bench(
     head: str = "1c2f",
     momentum_heads: float | str | None = AUTO,
     compile: bool = False,
+    on_built: Callable[[BenchRow], None] | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Measure e2e, checkpointed, floor (per K) and local (per K and context) training steps.
@@ -212,6 +252,11 @@ def run_bench(
 
     ``compile``: after each local row, a ``compiled`` row of the same configuration
     with ``LocalLearner.compile_units`` (compiled in the warm-up steps, not timed).
+
+    Every configuration stays alive until all are timed: ``steps`` rounds, each
+    timing one step of every configuration (``time_interleaved``). ``on_built``
+    sees each row as its memory is measured (its time still NaN), ``on_row`` each
+    finished row.
 
     Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
     local learning saves (InfoPro's memory figures use memory-balanced cuts too).
@@ -226,13 +271,7 @@ def run_bench(
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, *input_size, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    bench = _Bench(make_model, x, y, device, steps)
-    rows: list[BenchRow] = []
-
-    def emit(row: BenchRow) -> None:
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+    bench = _Bench(make_model, x, y, device)
 
     # Predictions come from one meta-device analysis at this batch size.
     with torch.device("meta"):
@@ -242,18 +281,33 @@ def run_bench(
     for k in ks:  # a bad K is an error before anything is measured
         analysis.check_k(k)
 
-    emit(bench.e2e(e2e_activation))
+    configs: list[_Config] = []
+
+    def built(config: _Config) -> None:
+        configs.append(config)
+        if on_built is not None:
+            on_built(config.row)
+
+    built(bench.e2e(e2e_activation))
     for k in ks:
-        emit(bench.checkpointed(k, objective))
+        built(bench.checkpointed(k, objective))
         meta_x = torch.empty(x.shape, device="meta")
         runs = _local_runs(
             meta_model, k, meta_x, contexts,
             aux=aux, head=head, objective=objective, momentum_heads=momentum_heads,
         )  # fmt: skip
         for mode, options, meta in runs:
-            emit(bench.local(mode, k, options, meta))
+            built(bench.local(mode, k, options, meta))
             if compile and mode == "local":
-                emit(bench.local("compiled", k, options, meta, compile=True))
+                built(bench.local("compiled", k, options, meta, compile=True))
+    times = time_interleaved([c.step for c in configs], device, steps)
+    rows = [
+        replace(c.row, step_time_s=t, images_per_s=batch_size / t)
+        for c, t in zip(configs, times, strict=True)
+    ]
+    for row in rows:
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
@@ -274,54 +328,70 @@ def _local_runs(
 
 
 @dataclass
+class _Config:
+    """A configuration whose memory is measured (``row``, not yet timed) and its ``step``."""
+
+    row: BenchRow
+    step: Callable[[], None]
+
+
+@dataclass
 class _Bench:
-    """Measures each configuration on one synthetic batch ``x``, ``y``, each on a
-    fresh model from ``make_model`` and a fresh optimizer."""
+    """Builds each configuration on one synthetic batch ``x``, ``y``, each on a fresh
+    model from ``make_model`` and a fresh optimizer, and measures its memory."""
 
     make_model: Callable[[], nn.Module]
     x: torch.Tensor
     y: torch.Tensor
     device: torch.device
-    steps: int
 
-    def _measure(
+    def _config(
         self,
         step: Callable[[], None],
         params: Iterable[torch.Tensor],
         optimizer: torch.optim.Optimizer,
         where: str,
+        row: Callable[..., BenchRow],
         predicted: int,
-    ) -> tuple[int, int, int, float]:
+    ) -> _Config:
         batch = (self.x, self.y)
         try:
-            return measure(step, list(params), optimizer, self.device, batch, steps=self.steps)
+            measured = measure_memory(step, list(params), optimizer, self.device, batch)
         except torch.OutOfMemoryError as error:
             raise StepOutOfMemory(None, where, predicted) from error
         except StepOutOfMemory as error:  # local_backward named the segment
             raise error.at(where.removeprefix("a step "), predicted) from error.__cause__
+        return _Config(row(*measured, predicted_peak_bytes=predicted), step)
 
-    def e2e(self, predicted_activation: int) -> BenchRow:
+    def e2e(self, predicted_activation: int) -> _Config:
         model = self.make_model().to(self.device)
         optimizer = _sgd(model.parameters())
         step = partial(_e2e_step, model, optimizer, self.x, self.y)
         predicted = predicted_activation + _predicted_static(list(model.parameters()))
-        where = "a step of end-to-end"
-        measured = self._measure(step, model.parameters(), optimizer, where, predicted)
-        return _row("e2e", 1, None, measured, len(self.x), predicted)
+        row = partial(_row, "e2e", 1, None)
+        return self._config(
+            step, model.parameters(), optimizer, "a step of end-to-end", row, predicted
+        )
 
-    def checkpointed(self, k: int, objective: str) -> BenchRow:
+    def checkpointed(self, k: int, objective: str) -> _Config:
         model = self.make_model().to(self.device)
         part = partitioner.partition(model, self.x, k, objective)
         optimizer = _sgd(model.parameters())
         step = partial(_checkpoint_step, part, optimizer, self.x, self.y)
         predicted = predict_checkpoint(part, self.x).total
         where = f"a step of checkpointing at K={k}"
-        measured = self._measure(step, model.parameters(), optimizer, where, predicted)
-        return _row("checkpoint", k, None, measured, len(self.x), predicted)
+        return self._config(
+            step,
+            model.parameters(),
+            optimizer,
+            where,
+            partial(_row, "checkpoint", k, None),
+            predicted,
+        )
 
     def local(
         self, mode: str, k: int, options: dict, meta: LocalLearner, compile: bool = False
-    ) -> BenchRow:
+    ) -> _Config:
         learner = wrap(self.make_model().to(self.device), k, example_input=self.x, **options)
         if compile:
             learner.compile_units()
@@ -329,7 +399,6 @@ class _Bench:
         step = partial(_local_step, learner, optimizer, self.x, self.y)
         predicted = predict_local(meta, torch.empty(self.x.shape, device="meta"), self.y.to("meta"))
         where = f"a step of {mode} {options['context']} at K={k}"
-        measured = self._measure(step, learner.parameters(), optimizer, where, predicted)
         budget = aux_budget(
             meta.aux_config,
             meta.geometries,
@@ -338,24 +407,21 @@ class _Bench:
             momentum=momentum_of(meta) is not None,
         )
         fractions = budget.fractions()
-        return _row(
+        row = partial(
+            _row,
             mode,
             k,
             options["context"],
-            measured,
-            len(self.x),
-            predicted,
             aux=options["aux"],
             head=options["head"],
             aux_params_fraction=fractions["params"],
             aux_flops_fraction=fractions["flops"],
             aux_saved_fraction=fractions["saved_bytes"],
         )
+        return self._config(step, learner.parameters(), optimizer, where, row, predicted)
 
 
-def _row(mode, k, context, measured, batch_size, predicted, **aux) -> BenchRow:
-    peak, activation, static, seconds = measured
-    images_per_s = batch_size / seconds
-    return BenchRow(
-        mode, k, context, peak, activation, static, seconds, images_per_s, predicted, **aux
-    )
+def _row(mode, k, context, peak, activation, static, **fields) -> BenchRow:
+    """A row not yet timed (its time is NaN until ``time_interleaved`` gives it one)."""
+    nan = float("nan")
+    return BenchRow(mode, k, context, peak, activation, static, nan, nan, **fields)

@@ -24,4 +24,7 @@ def main() -> None:
 
         $ python -m contsup.cli split resnet110 --k 16
     """
+    from contsup.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # large CPU tensors stop costing page faults at every step
     app()

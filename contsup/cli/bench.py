@@ -31,7 +31,9 @@ def bench(
         tuple[int, int, int] | None, typer.Option(help="C H W (default: the model's own)")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
-    steps: Annotated[int, typer.Option(help="timed steps per configuration")] = 5,
+    steps: Annotated[
+        int, typer.Option(help="timed steps per configuration, one per round of all")
+    ] = 5,
     num_classes: Annotated[int, typer.Option(help="classes of the synthetic labels")] = 10,
     objective: Annotated[str, typer.Option(help="what the cuts balance")] = "memory",
     aux: Annotated[str, typer.Option(help="aux design: sized | scaled | paper")] = "sized",
@@ -68,12 +70,11 @@ def bench(
         size = tuple(input_size or create_model(model).pretrained_cfg["input_size"])
         report = stderr if as_json else stdout
 
-        def on_row(row):
+        def on_built(row):
             report.print(
                 f"{row.mode:10s} k={row.k:<3d} {row.context or '-':5s} {row.head or '-':5s} "
                 f"peak {row.peak_bytes / 2**20:9.1f} MiB  "
-                f"predicted {row.predicted_peak_bytes / 2**20:9.1f} MiB  "
-                f"{row.step_time_s * 1e3:8.1f} ms/step",
+                f"predicted {row.predicted_peak_bytes / 2**20:9.1f} MiB",
                 highlight=False,
             )
 
@@ -95,7 +96,7 @@ def bench(
                 head=head,
                 momentum_heads=momentum,
                 compile=compile,
-                on_row=on_row,
+                on_built=on_built,
             )
         except StepOutOfMemory as error:
             options = dict(input_size=size, context=contexts[-1], aux=aux, head=head)

@@ -1,13 +1,15 @@
 """contsup.bench: measured and predicted memory of each training mode."""
 
 import json
+import math
 
 import pytest
 import timm
+import torch
 from typer.testing import CliRunner
 
 from contsup.auxiliary import DEFAULT_DESIGN
-from contsup.bench import run_bench
+from contsup.bench import run_bench, time_interleaved
 from contsup.cli import app
 
 
@@ -44,6 +46,20 @@ def test_static_bytes_are_parameters_gradients_and_momentum(rows):
     e2e = next(r for r in rows if r.mode == "e2e")
     assert e2e.static_bytes == 3 * 4 * params
     assert e2e.peak_bytes == e2e.static_bytes + e2e.activation_bytes
+
+
+def test_every_row_is_timed(rows):
+    for r in rows:
+        assert math.isfinite(r.step_time_s) and r.step_time_s > 0, r
+        assert r.images_per_s == pytest.approx(8 / r.step_time_s), r
+
+
+def test_configurations_are_timed_in_rounds():
+    calls = []
+    steps = [lambda name=name: calls.append(name) for name in "abc"]
+    times = time_interleaved(steps, torch.device("cpu"), rounds=3)
+    assert calls == list("abc") * 3  # one step of each per round, not three in a row
+    assert len(times) == 3 and all(t >= 0 for t in times)
 
 
 def test_bench_json_schema():
