@@ -2,11 +2,12 @@
 
 One process, one model, one synthetic batch on the device; for each
 configuration a fresh copy of the model and its optimizer (SGD with momentum),
-a few warm-up steps and one step whose memory is measured. Then the timed
-steps, interleaved: each round times one step of every configuration, and a
-row's time is the median of its rounds. A shared machine's speed drifts over
-minutes; configurations timed one after another would each meet a different
-machine, while interleaved they meet the same one, so their ratios hold.
+a few warm-up steps and one step whose memory is measured. On the CPU the timed
+steps follow, interleaved: each round times one step of every configuration,
+and a row's time is the median of its rounds. A shared machine's speed drifts
+over minutes; configurations timed one after another would each meet a
+different machine, while interleaved they meet the same one, so their ratios
+hold. On a GPU each configuration is timed as soon as it is built, then freed.
 
 Memory of one training step:
 
@@ -242,6 +243,7 @@ def run_bench(
     head: str = "1c2f",
     momentum_heads: float | str | None = AUTO,
     compile: bool = False,
+    interleave: bool | None = None,
     on_built: Callable[[BenchRow], None] | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
@@ -253,10 +255,11 @@ def run_bench(
     ``compile``: after each local row, a ``compiled`` row of the same configuration
     with ``LocalLearner.compile_units`` (compiled in the warm-up steps, not timed).
 
-    Every configuration stays alive until all are timed: ``steps`` rounds, each
-    timing one step of every configuration (``time_interleaved``). ``on_built``
-    sees each row as its memory is measured (its time still NaN), ``on_row`` each
-    finished row.
+    ``interleave`` (default: on the CPU): every configuration stays alive until all
+    are timed, in ``steps`` rounds that each time one step of every configuration
+    (``time_interleaved``). Otherwise (default on a GPU) each configuration is
+    timed, ``steps`` steps, as soon as it is built, and freed. ``on_built`` sees each
+    row as its memory is measured (its time still NaN), ``on_row`` each finished row.
 
     Cuts are balanced by ``objective``: ``memory`` by default, since memory is what
     local learning saves (InfoPro's memory figures use memory-balanced cuts too).
@@ -281,12 +284,20 @@ def run_bench(
     for k in ks:  # a bad K is an error before anything is measured
         analysis.check_k(k)
 
+    # A shared CPU's speed drifts over minutes, so its configurations are timed in
+    # rounds; on a GPU each is timed and freed at once: kept alive, every copy's
+    # weights and optimizer state would crowd out the next configuration's step.
+    if interleave is None:
+        interleave = device.type == "cpu"
     configs: list[_Config] = []
 
     def built(config: _Config) -> None:
-        configs.append(config)
         if on_built is not None:
             on_built(config.row)
+        if not interleave:
+            (seconds,) = time_interleaved([config.step], device, steps)
+            config = _Config(_timed(config.row, seconds, batch_size), step=None)
+        configs.append(config)
 
     built(bench.e2e(e2e_activation))
     for k in ks:
@@ -300,15 +311,21 @@ def run_bench(
             built(bench.local(mode, k, options, meta))
             if compile and mode == "local":
                 built(bench.local("compiled", k, options, meta, compile=True))
-    times = time_interleaved([c.step for c in configs], device, steps)
-    rows = [
-        replace(c.row, step_time_s=t, images_per_s=batch_size / t)
-        for c, t in zip(configs, times, strict=True)
-    ]
+    if interleave:
+        times = time_interleaved([c.step for c in configs], device, steps)
+        configs = [
+            _Config(_timed(c.row, t, batch_size), step=None)
+            for c, t in zip(configs, times, strict=True)
+        ]
+    rows = [c.row for c in configs]
     for row in rows:
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def _timed(row: BenchRow, seconds: float, batch_size: int) -> BenchRow:
+    return replace(row, step_time_s=seconds, images_per_s=batch_size / seconds)
 
 
 def _local_runs(
@@ -329,10 +346,11 @@ def _local_runs(
 
 @dataclass
 class _Config:
-    """A configuration whose memory is measured (``row``, not yet timed) and its ``step``."""
+    """A configuration: its ``row`` (memory measured; timed once ``step`` is None, which
+    lets the model go)."""
 
     row: BenchRow
-    step: Callable[[], None]
+    step: Callable[[], None] | None
 
 
 @dataclass

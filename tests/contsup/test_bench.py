@@ -54,6 +54,25 @@ def test_every_row_is_timed(rows):
         assert r.images_per_s == pytest.approx(8 / r.step_time_s), r
 
 
+def test_without_interleaving_each_configuration_is_timed_when_built():
+    built, finished = [], []
+    rows = run_bench(
+        lambda: timm.create_model("resnet20", num_classes=10),
+        ks=[2],
+        contexts=["R1"],
+        batch_size=4,
+        input_size=(3, 32, 32),
+        num_classes=10,
+        steps=1,
+        interleave=False,  # a GPU's default
+        on_built=built.append,
+        on_row=finished.append,
+    )
+    assert [r.mode for r in rows] == ["e2e", "checkpoint", "floor", "local"]
+    assert all(math.isnan(r.step_time_s) for r in built)  # memory first, then time
+    assert finished == rows and all(r.step_time_s > 0 for r in rows)
+
+
 def test_configurations_are_timed_in_rounds():
     calls = []
     steps = [lambda name=name: calls.append(name) for name in "abc"]
