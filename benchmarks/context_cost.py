@@ -54,7 +54,7 @@ def main() -> None:
     optimizer = _sgd(model.parameters())
     step = partial(_e2e_step, model, optimizer, x, y)
     e2e_peak, _, _, e2e_time = measure(
-        step, list(model.parameters()), optimizer, x.device, (x, y), steps=args.steps
+        step, list(model.parameters()), optimizer, x.device, steps=args.steps
     )
     del model, optimizer, step
     meta_x = torch.empty(x.shape, device="meta")
@@ -66,7 +66,7 @@ def main() -> None:
         optimizer = _sgd(learner.parameters())
         step = partial(_local_step, learner, optimizer, x, y)
         peak, _, _, seconds = measure(
-            step, list(learner.parameters()), optimizer, x.device, (x, y), steps=args.steps
+            step, list(learner.parameters()), optimizer, x.device, steps=args.steps
         )
         budget = aux_budget(
             learner.aux_config, learner.geometries, learner.partition.stats, args.batch_size

@@ -56,7 +56,7 @@ def main() -> None:
             params = list(learner.parameters())
             optimizer = _sgd(params)
             step = lambda m=learner, o=optimizer: _local_step(m, o, x, y)  # noqa: E731
-        rows[name] = measure(step, params, optimizer, cpu, [x, y], steps=args.steps)
+        rows[name] = measure(step, params, optimizer, cpu, steps=args.steps)
     e2e_peak, e2e_time = rows["end-to-end"][0], rows["end-to-end"][3]
     print(f"resnet32, {args.size} px, batch {args.batch_size}, one CPU thread")
     print("| configuration | peak MiB | peak / e2e | ms/step | time / e2e |")

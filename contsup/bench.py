@@ -13,8 +13,8 @@ Memory of one training step:
 
 * CUDA: ``max_memory_allocated`` during the step, after a reset. Parameters,
   gradients and optimizer state (``static_bytes``) are counted apart from the
-  rest (``activation_bytes``: everything else the step allocated at its peak,
-  minus the input batch).
+  rest (``activation_bytes``: what the step allocated at its peak beyond what
+  was alive before it, less the gradients; the input batch is in neither).
 * CPU: the peak of bytes saved for backward (``SavedTensorTracker``), plus the
   same static bytes. CPU allocators keep no usable high-water mark, so this is
   the part of memory local learning changes, measured exactly.
@@ -97,7 +97,6 @@ def measure_memory(
     params: Sequence[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    batch: Sequence[torch.Tensor],
     *,
     warmup: int = 2,
 ) -> tuple[int, int, int]:
@@ -152,14 +151,13 @@ def measure(
     params: Sequence[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
-    batch: Sequence[torch.Tensor],
     *,
     steps: int,
     warmup: int = 2,
 ) -> tuple[int, int, int, float]:
     """(peak, activation, static) bytes of one step, and its median time in seconds
     over ``steps`` steps run back to back (``measure_memory``, ``time_interleaved``)."""
-    peak, activation, static = measure_memory(step, params, optimizer, device, batch, warmup=warmup)
+    peak, activation, static = measure_memory(step, params, optimizer, device, warmup=warmup)
     (seconds,) = time_interleaved([step], device, steps)
     return peak, activation, static, seconds
 
@@ -372,9 +370,8 @@ class _Bench:
         row: Callable[..., BenchRow],
         predicted: int,
     ) -> _Config:
-        batch = (self.x, self.y)
         try:
-            measured = measure_memory(step, list(params), optimizer, self.device, batch)
+            measured = measure_memory(step, list(params), optimizer, self.device)
         except torch.OutOfMemoryError as error:
             raise StepOutOfMemory(None, where, predicted) from error
         except StepOutOfMemory as error:  # local_backward named the segment

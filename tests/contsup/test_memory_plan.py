@@ -150,7 +150,7 @@ def test_the_planned_step_measured_on_the_cpu_fits_the_budget(tight):
         optimizer.step()
 
     params, cpu = list(learner.parameters()), torch.device("cpu")
-    peak, _, static, _ = measure(step, params, optimizer, cpu, (x, y), steps=1)
+    peak, _, static, _ = measure(step, params, optimizer, cpu, steps=1)
     weights = sum(p.numel() * p.element_size() for p in params)
     assert static == tight.peak.static + weights  # the measure counts every gradient
     assert peak <= tight.peak.total <= tight.memory_bytes
