@@ -128,7 +128,7 @@ def test_out_of_memory_in_train_is_one_sentence_with_the_segment_step_and_fit(
 def test_out_of_memory_in_bench_names_the_configuration(monkeypatch):
     import contsup.bench
 
-    monkeypatch.setattr(contsup.bench, "measure", _out_of_memory)
+    monkeypatch.setattr(contsup.bench, "measure_memory", _out_of_memory)
     result = run("bench", "resnet20", "--k", "2", "--context", "E", "--batch-size", "4")
     assert result.exit_code == 2, result.output
     message = " ".join(result.stderr.split())
