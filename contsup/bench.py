@@ -309,15 +309,12 @@ def run_bench(
             built(bench.local(mode, k, options, meta))
             if compile and mode == "local":
                 built(bench.local("compiled", k, options, meta, compile=True))
+    rows = [c.row for c in configs]
     if interleave:
         times = time_interleaved([c.step for c in configs], device, steps)
-        configs = [
-            _Config(_timed(c.row, t, batch_size), step=None)
-            for c, t in zip(configs, times, strict=True)
-        ]
-    rows = [c.row for c in configs]
-    for row in rows:
-        if on_row is not None:
+        rows = [_timed(row, t, batch_size) for row, t in zip(rows, times, strict=True)]
+    if on_row is not None:
+        for row in rows:
             on_row(row)
     return rows
 
