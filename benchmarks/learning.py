@@ -35,6 +35,8 @@ Suites (``--list`` prints them):
 * ``long``: K=16 R0 and R1E, and end-to-end, trained three times as long as
   ``quick`` (9,000 images, 12 epochs, 2 seeds): does context help more when
   greedy learning has longer to lose information?
+* ``longer``: the default's K=16 R1E and R0 and end-to-end trained twice as
+  long as ``long`` (24 epochs): does the gap to end-to-end keep shrinking?
 * ``gap``: toward end-to-end with the default modules (quick budget): R1E at other
   learning rates, with InfoPro's decoder, and with momentum heads (each looks
   through a moving average of the next segment); resnet18 at 64 px end-to-end.
@@ -74,6 +76,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 QUICK = dict(train_images=9000, epochs=4, seeds=[0, 1])
 CORE = dict(train_images=12000, epochs=5, seeds=[0, 1, 2])
 LONG = dict(train_images=9000, epochs=12, seeds=[0, 1])
+LONGER = dict(train_images=9000, epochs=24, seeds=[0, 1])
 RESNET32 = dict(model="resnet32", dataset="fashion_mnist", batch_size=128, lr=0.1)
 DECODER = [5.0, 0.0, 0.5, 1.0]  # the paper's K=16 CIFAR-10 loss scales
 RESNET18_64 = dict(model="resnet18", dataset="fashion_mnist:64", batch_size=64, lr=0.05)
@@ -499,6 +502,32 @@ def suites() -> dict[str, list[dict]]:
                 **({"baseline": "long/K16 R0 sized momentum0.99"} if c == "R1E" else {}),
             )
             for c in ("R0", "R1E")
+        ],
+        # Twice as long again: how the gap to end-to-end depends on the budget.
+        # R1E first: it takes longest.
+        "longer": [
+            _row(
+                "longer",
+                LONGER,
+                RESNET32,
+                "K16 R1E sized momentum0.99",
+                16,
+                "R1E",
+                "sized",
+                momentum_heads=0.99,
+                baseline="longer/K16 R0 sized momentum0.99",
+            ),
+            _row("longer", LONGER, RESNET32, "E2E", 1, "R0", "scaled"),
+            _row(
+                "longer",
+                LONGER,
+                RESNET32,
+                "K16 R0 sized momentum0.99",
+                16,
+                "R0",
+                "sized",
+                momentum_heads=0.99,
+            ),
         ],
         # Closing the gap to end-to-end with the default modules: the local rows' own
         # learning rate, InfoPro's reconstruction decoder, heads that borrow the next
