@@ -248,6 +248,14 @@ def suites() -> dict[str, list[dict]]:
                 rows.append(_row(suite, budget, RESNET32, f"K16 {context} {aux}", 16, context, aux))
         return rows
 
+    def momentum(suite: str, budget: dict, context: str) -> dict:
+        """The default's K=16 row with momentum heads; context rows pair with its R0."""
+        baseline = {"baseline": f"{suite}/K16 R0 sized momentum0.99"} if context != "R0" else {}
+        name = f"K16 {context} sized momentum0.99"
+        return _row(
+            suite, budget, RESNET32, name, 16, context, "sized", momentum_heads=0.99, **baseline
+        )
+
     wide = [
         *(_row("wide", QUICK, RESNET32, f"K16 {c} scaled", 16, c, "scaled") for c in ("E", "R1")),
         *(
@@ -318,20 +326,7 @@ def suites() -> dict[str, list[dict]]:
             *yardstick("core", CORE),
             # The best local configuration measured: the default with momentum heads,
             # its R0, and more context sources (the paper's Table 4 goes to R16).
-            *(
-                _row(
-                    "core",
-                    CORE,
-                    RESNET32,
-                    f"K16 {c} sized momentum0.99",
-                    16,
-                    c,
-                    "sized",
-                    baseline="core/K16 R0 sized momentum0.99" if c != "R0" else None,
-                    momentum_heads=0.99,
-                )
-                for c in ("R0", "R1E", "R2E", "R4E")
-            ),
+            *(momentum("core", CORE, c) for c in ("R0", "R1E", "R2E", "R4E")),
             # The default's R1E in float32, against the bf16 rows above.
             _row(
                 "core",
@@ -489,45 +484,13 @@ def suites() -> dict[str, list[dict]]:
         ]
         # The default (momentum heads on) trained three times as long: is the gap to
         # end-to-end one of convergence speed?
-        + [
-            _row(
-                "long",
-                LONG,
-                RESNET32,
-                f"K16 {c} sized momentum0.99",
-                16,
-                c,
-                "sized",
-                momentum_heads=0.99,
-                **({"baseline": "long/K16 R0 sized momentum0.99"} if c == "R1E" else {}),
-            )
-            for c in ("R0", "R1E")
-        ],
+        + [momentum("long", LONG, c) for c in ("R0", "R1E")],
         # Twice as long again: how the gap to end-to-end depends on the budget.
         # R1E first: it takes longest.
         "longer": [
-            _row(
-                "longer",
-                LONGER,
-                RESNET32,
-                "K16 R1E sized momentum0.99",
-                16,
-                "R1E",
-                "sized",
-                momentum_heads=0.99,
-                baseline="longer/K16 R0 sized momentum0.99",
-            ),
+            momentum("longer", LONGER, "R1E"),
             _row("longer", LONGER, RESNET32, "E2E", 1, "R0", "scaled"),
-            _row(
-                "longer",
-                LONGER,
-                RESNET32,
-                "K16 R0 sized momentum0.99",
-                16,
-                "R0",
-                "sized",
-                momentum_heads=0.99,
-            ),
+            momentum("longer", LONGER, "R0"),
         ],
         # Closing the gap to end-to-end with the default modules: the local rows' own
         # learning rate, InfoPro's reconstruction decoder, heads that borrow the next
